@@ -1,0 +1,60 @@
+"""The baseline: a pre-norm GPT with scaled_dot_product_attention (SPEC, 'Model: baseline')."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ngt.config import ModelConfig
+from ngt.model.layers import FFN, init_gpt2, tie
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.H, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x):
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.H, d // self.H).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, L, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mlp_dim: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FFN(cfg.d_model, mlp_dim, cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.ffn(self.ln2(x))
+
+
+class Baseline(nn.Module):
+    arch = "baseline"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, mlp_dim: int):
+        super().__init__()
+        self.cfg, self.mlp_dim = cfg, mlp_dim
+        self.token_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, mlp_dim) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.init == "gpt2":
+            init_gpt2(self, cfg.n_layers, residual=("attn.o", "ffn.3"), keep=("head",))
+        tie(self.head, self.token_emb)
+
+    def forward(self, idx: torch.Tensor, want_coords: bool = False, diagnostics=None):
+        L = idx.shape[1]
+        x = self.token_emb(idx) + self.pos_emb(torch.arange(L, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x)), None

@@ -1,0 +1,117 @@
+"""Gravity attention scores (SPEC, 'GravityAttention'), and the backends that compute them.
+
+Every backend takes per-head coordinates ``zq`` (B, H, L, ch), values ``v``
+(B, H, L, dh), token masses ``m`` (B, L), and the learned ``gamma``, ``beta`` (H,)
+and ``r`` (scalar), and returns the attention output (B, H, L, dh).  They differ only
+in how much of the L x L work they materialise; ``reference`` is the statement of
+the math and the others are checked against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class GravitySwitches:
+    mass: str  # "scores" | "value"
+    radius: str  # "hard" | "soft" | "none"
+    use_rsqrt: bool
+
+
+def squared_distances(zq: torch.Tensor) -> torch.Tensor:
+    """||a - b||^2 = |a|^2 + |b|^2 - 2 a.b: a matmul instead of a (B, H, L, L, ch) tensor.
+
+    Clamped at 0 because cancellation can leave tiny negatives on the diagonal.
+    """
+    sq = zq.pow(2).sum(-1)
+    d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (zq @ zq.transpose(-1, -2))
+    return d2.clamp_min(0.0)
+
+
+def gravity_scores(
+    d2: torch.Tensor,
+    m: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    r: torch.Tensor,
+    sw: GravitySwitches,
+) -> torch.Tensor:
+    """Scores before the causal mask: (B, H, L, L); hard-cut pairs are -inf."""
+    g = gamma.view(1, -1, 1, 1)
+    if sw.use_rsqrt:
+        inv = torch.rsqrt(d2 + EPS)
+        score = -g * inv * inv
+    else:
+        score = -g / (d2 + EPS)
+    score = score + beta.view(1, -1, 1, 1)
+    if sw.mass == "scores":
+        score = score * (m.unsqueeze(-1) * m.unsqueeze(-2)).unsqueeze(1)
+    r2 = r * r
+    if sw.radius == "hard":
+        score = score.masked_fill(d2 > r2, float("-inf"))
+    elif sw.radius == "soft":
+        score = score * F.relu(1.0 - d2 / r2)
+    return score
+
+
+def _causal_mask(L: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(L, L, dtype=torch.bool, device=device).tril()
+
+
+def reference_attention(
+    zq: torch.Tensor,
+    v: torch.Tensor,
+    m: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    r: torch.Tensor,
+    sw: GravitySwitches,
+    dropout_p: float = 0.0,
+    diagnostics: Optional[dict] = None,
+) -> torch.Tensor:
+    """Plain L x L attention. Scores and softmax run in float32 whatever the AMP dtype:
+    -gamma / (d2 + 1e-6) reaches -1e6 on the diagonal, past float16's range."""
+    L = zq.shape[-2]
+    d2 = squared_distances(zq.float())
+    score = gravity_scores(d2, m.float(), gamma.float(), beta.float(), r.float(), sw)
+    causal = _causal_mask(L, zq.device)
+    score = score.masked_fill(~causal, float("-inf"))
+    attn = torch.softmax(score, dim=-1)
+    if diagnostics is not None:
+        _record(diagnostics, d2, attn, causal, r, sw)
+    attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
+    if sw.mass == "value":
+        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+    return attn.to(v.dtype) @ v
+
+
+@torch.no_grad()
+def _record(out: dict, d2, attn, causal, r, sw: GravitySwitches) -> None:
+    pairs = causal.sum() * d2.shape[0] * d2.shape[1]
+    out["mean_d2"] = float((d2 * causal).sum() / pairs)
+    plogp = torch.where(attn > 0, attn * attn.clamp_min(1e-30).log(), torch.zeros_like(attn))
+    out["entropy"] = float(-plogp.sum(-1).mean())
+    cut = (d2 > r * r) & causal if sw.radius != "none" else torch.zeros_like(causal)
+    out["cut_frac"] = float(cut.sum() / pairs)
+
+
+AttentionFn = Callable[..., torch.Tensor]
+BACKENDS: dict[str, AttentionFn] = {"reference": reference_attention}
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest."""
+    if name == "auto":
+        return "reference"
+    if name not in BACKENDS:
+        from ngt.errors import NGTError
+
+        raise NGTError(f"unknown model.attn_impl '{name}' (choose from auto, {', '.join(BACKENDS)})")
+    return name
