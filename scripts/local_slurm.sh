@@ -39,13 +39,16 @@ wait_for() { # SECONDS CMD...: poll CMD every 0.2 s
   done
 }
 
-stop_daemon() { # NAME PIDFILE
-  if alive "$1" "$2"; then
-    local p; p=$(cat "$BASE/$2")
-    log "stopping $1 (pid $p)"; kill "$p"
-    wait_for 30 bash -c "! kill -0 $p" || { log "$1 still alive: SIGKILL"; kill -9 "$p" || true; }
-  fi
-  rm -f "$BASE/$2"
+stop_daemons() { # SIGTERM every daemon we started, wait for all, SIGKILL stragglers
+  local d pids=()
+  for d in "${PIDS[@]}"; do
+    if alive "${d%%:*}" "${d#*:}"; then pids+=("$(cat "$BASE/${d#*:}")"); log "stopping ${d%%:*} (pid ${pids[-1]})"; fi
+  done
+  ((${#pids[@]})) && kill "${pids[@]}"
+  for d in "${pids[@]}"; do
+    wait_for 30 test ! -e "/proc/$d" || { log "pid $d still alive: SIGKILL"; kill -9 "$d" || true; }
+  done
+  for d in "${PIDS[@]}"; do rm -f "$BASE/${d#*:}"; done
 }
 
 install_packages() {
@@ -182,14 +185,13 @@ node_ready() { [[ $(sinfo -h -n "$NODE" -o %t) =~ ^(idle|mix|alloc)$ ]]; }
 
 do_start() {
   mkdir -p "$BASE"/{etc,log,run,state/ctld,state/d}
-  chmod 700 "$BASE/etc" # munged insists on a private key directory
   install_packages
   start_munge
   local changed; changed=$(write_config)
   if ((ACCT)); then
     start_mariadb
     if ! alive slurmdbd run/slurmdbd.pid; then
-      log "starting slurmdbd"; slurmdbd -f "$BASE/etc/slurmdbd.conf"
+      log "starting slurmdbd"; slurmdbd # reads slurmdbd.conf beside $SLURM_CONF
       wait_for 60 sacctmgr -n list cluster
     fi
   fi
@@ -205,13 +207,12 @@ do_start() {
 }
 
 do_stop() {
-  if alive slurmctld run/slurmctld.pid && [[ -n $(squeue -h -o %A) ]]; then
-    log "cancelling all jobs"; scancel --full --user=root --state=pending,running,suspended || true
-    scancel -u root || true
-    wait_for 30 bash -c '[[ -z $(squeue -h -t R,CG,S -o %A) ]]' || true
+  local ids
+  if alive slurmctld run/slurmctld.pid && ids=$(squeue -h -o %A) && [[ -n $ids ]]; then
+    log "cancelling jobs" $ids; scancel $ids || true # so that no slurmstepd outlives slurmd
+    wait_for 30 bash -c '[[ -z $(squeue -h -t R,CG -o %A) ]]' || true
   fi
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_daemon "${PIDS[i]%%:*}" "${PIDS[i]#*:}"; done
+  stop_daemons
 }
 
 do_status() {

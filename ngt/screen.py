@@ -1,0 +1,55 @@
+"""``python -m ngt.screen``: one run, or with ``-m`` a screening grid (Hydra multirun)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ngt.config import register_configs
+from ngt.errors import NGTError
+from ngt.naming import register_resolvers
+from ngt.rundir import RunDir
+
+log = logging.getLogger("ngt.screen")
+
+register_configs()
+register_resolvers()
+
+
+def _record_failure(run_dir: Path, message: str) -> None:
+    rd = RunDir(run_dir)
+    summary = rd.read_summary() or {}
+    if summary.get("status") != "failed":
+        rd.write_summary({**summary, "status": "failed", "message": message})
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from ngt.train import train  # torch and data imports wait until the config is known to be valid
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return train(OmegaConf.to_object(cfg), run_dir)
+    except NGTError as e:
+        message = str(e)
+    except Exception as e:  # a bug, not bad input: keep the traceback in the run directory
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        message = f"{type(e).__name__}: {e} (traceback in {run_dir / 'traceback.txt'})"
+    _record_failure(run_dir, message)
+    log.error("error: %s", message)
+    if multirun:  # let the other runs of the grid go on; the sweep reports the failure at its end
+        return {"status": "failed", "message": message}
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
