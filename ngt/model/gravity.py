@@ -61,6 +61,11 @@ def gravity_scores(
     return score
 
 
+def score_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 at least: -gamma / (d2 + 1e-6) reaches -1e6 on the diagonal, past float16."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _causal_mask(L: int, device: torch.device) -> torch.Tensor:
     return torch.ones(L, L, dtype=torch.bool, device=device).tril()
 
@@ -76,11 +81,11 @@ def reference_attention(
     dropout_p: float = 0.0,
     diagnostics: Optional[dict] = None,
 ) -> torch.Tensor:
-    """Plain L x L attention. Scores and softmax run in float32 whatever the AMP dtype:
-    -gamma / (d2 + 1e-6) reaches -1e6 on the diagonal, past float16's range."""
+    """Plain L x L attention; scores and softmax in ``score_dtype`` whatever the AMP dtype."""
     L = zq.shape[-2]
-    d2 = squared_distances(zq.float())
-    score = gravity_scores(d2, m.float(), gamma.float(), beta.float(), r.float(), sw)
+    f = score_dtype(zq)
+    d2 = squared_distances(zq.to(f))
+    score = gravity_scores(d2, m.to(f), gamma.to(f), beta.to(f), r.to(f), sw)
     causal = _causal_mask(L, zq.device)
     score = score.masked_fill(~causal, float("-inf"))
     attn = torch.softmax(score, dim=-1)
