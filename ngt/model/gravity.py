@@ -25,13 +25,15 @@ class GravitySwitches:
     use_rsqrt: bool
 
 
-def squared_distances(zq: torch.Tensor) -> torch.Tensor:
+def squared_distances(zq: torch.Tensor, zk: Optional[torch.Tensor] = None) -> torch.Tensor:
     """||a - b||^2 = |a|^2 + |b|^2 - 2 a.b: a matmul instead of a (B, H, L, L, ch) tensor.
 
+    Between the rows of ``zq`` and those of ``zk`` (cached decoding), or ``zq`` itself.
     Clamped at 0 because cancellation can leave tiny negatives on the diagonal.
     """
     sq = zq.pow(2).sum(-1)
-    d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (zq @ zq.transpose(-1, -2))
+    sk, zk = (sq, zq) if zk is None else (zk.pow(2).sum(-1), zk)
+    d2 = sq.unsqueeze(-1) + sk.unsqueeze(-2) - 2.0 * (zq @ zk.transpose(-1, -2))
     return d2.clamp_min(0.0)
 
 
@@ -42,8 +44,13 @@ def gravity_scores(
     beta: torch.Tensor,
     r: torch.Tensor,
     sw: GravitySwitches,
+    m_keys: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Scores before the causal mask: (B, H, L, L); hard-cut pairs are -inf."""
+    """Scores before the causal mask: (B, H, Lq, Lk); hard-cut pairs are -inf.
+
+    ``m`` are the query rows' masses; ``m_keys`` the keys' when those are other tokens
+    (cached decoding: new rows against every token so far).
+    """
     g = gamma.view(1, -1, 1, 1)
     if sw.use_rsqrt:
         inv = torch.rsqrt(d2 + EPS)
@@ -52,7 +59,8 @@ def gravity_scores(
         score = -g / (d2 + EPS)
     score = score + beta.view(1, -1, 1, 1)
     if sw.mass == "scores":
-        score = score * (m.unsqueeze(-1) * m.unsqueeze(-2)).unsqueeze(1)
+        mk = m if m_keys is None else m_keys
+        score = score * (m.unsqueeze(-1) * mk.unsqueeze(-2)).unsqueeze(1)
     r2 = r * r
     if sw.radius == "hard":
         score = score.masked_fill(d2 > r2, float("-inf"))
