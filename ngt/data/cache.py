@@ -50,13 +50,13 @@ def locked(path: Path) -> Iterator[None]:
     lock = path.with_name(path.name + ".lock")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a")
+        lock.touch()
     except OSError as exc:
         raise NGTError(
             f"cannot write to the cache directory {path.parent} ({exc.strerror}); "
             "set data.cache_dir or NGT_CACHE to a writable folder"
         ) from None
-    with handle:
+    with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -114,8 +114,9 @@ _SAMPLES = 16
 def sampled_checksum(path: Path) -> str:
     """Hash of the size and of 16 evenly spaced 64 KiB blocks (the whole file when small).
 
-    Reads at most 1 MiB, so checking even WikiText-103's train tokens costs milliseconds;
-    truncation is caught by the size, and scattered damage most of the time.
+    Reads at most 1 MiB, so checking even WikiText-103's train tokens costs milliseconds.
+    Truncation is caught by the size, damage within the sampled blocks by the hash; damage
+    elsewhere is not (a full hash would read every token on every load).
     """
     size = path.stat().st_size
     h = hashlib.blake2b(str(size).encode(), digest_size=16)
@@ -136,15 +137,14 @@ def _meta_path(path: Path) -> Path:
 def write_tokens(path: Path, chunks: Iterable[np.ndarray], dtype: np.dtype, key: str, info: dict) -> int:
     """Store a token array (``path``, raw ids) and its meta (``path`` with .json); returns its length.
 
-    ``info`` is recorded for people reading the cache; ``key`` is what a reader must match.
+    ``chunks`` must hold at least one token. ``key`` is what a reader must match; ``info``
+    is recorded for people reading the cache.
     """
     length = 0
     with atomic_file(path) as f:
         for chunk in chunks:
             f.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
             length += len(chunk)
-        if length == 0:
-            raise NGTError(f"no tokens to cache for {path.name}: the split is empty")
     meta = {"format": FORMAT, "key": key, "dtype": dtype.name, "length": length, "checksum": sampled_checksum(path)}
     write_json(_meta_path(path), {**meta, **info})
     return length

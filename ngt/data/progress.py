@@ -41,4 +41,5 @@ class Progress:
 
     def finish(self, result: str) -> None:
         elapsed = time.perf_counter() - self.start
-        log.log(self.level, "%s: %.1f MB in %.1f s (%.2f MB/s) -> %s", self.what, self.done / 1e6, elapsed, self.rate(), result)
+        mb = self.done / 1e6
+        log.log(self.level, "%s: %.1f MB in %.1f s (%.2f MB/s) -> %s", self.what, mb, elapsed, self.rate(), result)

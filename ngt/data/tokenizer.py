@@ -65,7 +65,6 @@ class CharTokenizer(Tokenizer):
         if len(set(chars)) != len(chars):
             raise ValueError("CharTokenizer needs distinct characters")
         self.chars = chars
-        self._index = {c: i for i, c in enumerate(chars)}
         # Sorted code points let numpy map a whole text at once (searchsorted).
         points = np.array([ord(c) for c in chars], dtype=np.uint32)
         self._order = np.argsort(points)
@@ -155,7 +154,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.encode(text).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False)
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token_label(self, i: int) -> str:
         token = self.hf.id_to_token(i)
