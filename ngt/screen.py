@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -10,8 +12,10 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import register_configs
 from ngt.errors import NGTError
@@ -51,5 +55,29 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     sys.exit(2)
 
 
+def one_line(e: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line: what failed, why, the choices."""
+    text = str(e)
+    line = text.strip().splitlines()[0].rstrip(".") if text.strip() else type(e).__name__
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        line += ": " + str(cause).strip().splitlines()[0]
+    options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
+    if options:
+        line += " (available: " + ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip() and not o.strip().endswith("_schema")) + ")"
+    return line
+
+
+def cli() -> None:
+    # Hydra would print config errors over several lines with a hint about stack traces;
+    # letting them through to here lets us name the problem in one line instead.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -327,7 +327,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if rep_now:
-                last_rep = float(energy)
+                last_rep = float(energy.detach())
             last_grad_norm = float(grad_norm)
             step += 1
             elapsed += time.perf_counter() - t0

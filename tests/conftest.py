@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated cache, offline hub access, and a tiny CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Read by `datasets` at import time: no test ever waits on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+
+# A model and budget small enough for a CLI run in a few seconds on 2 cores.
+TINY = [
+    "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64",
+    "model.context=64", "train.batch_size=4", "train.block_size=32", "train.full_val=false", "budget=smoke",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    os.environ["NGT_CACHE"] = str(tmp_path_factory.mktemp("ngt-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """The first 60k characters of the bundled corpus: fast to tokenize and to pass over."""
+    text = (REPO / "ngt" / "assets" / "shakespeare_corpus.txt").read_text()[:60_000]
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(text)
+    return path
+
+
+def screen(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m ngt.screen`` as a user would, in ``cwd``."""
+    proc = subprocess.run([sys.executable, "-m", "ngt.screen", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ngt.screen failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,90 @@
+"""Reproducibility, exact resume after SIGKILL, and the run directory contract."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, screen
+
+TIMING = {"elapsed_s"}
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, small_corpus):
+    out = tmp_path_factory.mktemp("ref")
+    args = [*TINY, f"data.path={small_corpus}", "data=text", "budget.max_steps=40", "budget.eval_every=5",
+            "budget.checkpoint_every=5", "train.full_val=true"]
+    screen(*args, f"hydra.run.dir={out / 'run'}", cwd=out, check=True)
+    return args, out / "run"
+
+
+def test_run_directory_contract(reference_run):
+    _, run = reference_run
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(0, 41, 5))
+    for key in ("train/loss", "val/loss", "repulsion/loss", "lr", "grad_norm", "elapsed_s", "tokens",
+                "ngt/L0/gamma_mean", "ngt/L1/radius", "ngt/L0/mean_d2", "ngt/L0/entropy", "ngt/L0/cut_frac"):
+        assert key in rows[-1], key
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "completed" and s["final_step"] == s["max_steps"] == 40
+    assert s["val_loss_final"] == rows[-1]["val/loss"]
+    assert s["val_loss_best"] == min(r["val/loss"] for r in rows)
+    assert s["val_loss_full"] > 0 and s["throughput"]["window"] == [5, 40]
+    assert abs(s["params_baseline"] / s["params_ngt"] - 1) < 0.02 and s["params"] == s["params_ngt"]
+    assert set(s["seeds"]) >= {"seed", "data_seed", "eval_seed"}
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scaler", "rng", "step", "tokenizer", "config"} <= set(state)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 40
+    assert any((run / "tb").iterdir()) and (run / ".hydra" / "config.yaml").exists() and (run / "run.log").exists()
+
+
+def test_same_seeds_same_numbers(reference_run, tmp_path):
+    args, ref = reference_run
+    screen(*args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
+    assert without_timing(metrics(tmp_path / "again")) == without_timing(metrics(ref))
+
+
+def test_sigkill_at_a_random_step_then_resume_is_the_same_run(reference_run, tmp_path):
+    args, ref = reference_run
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ngt.screen", *args, f"hydra.run.dir={run}"]
+    kill_after = random.Random().randint(1, 6)  # evaluations seen before the kill
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) > kill_after:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at_steps"]
+    assert without_timing(metrics(run)) == without_timing(metrics(ref))
+
+
+def test_relaunching_a_completed_run_skips_it(reference_run):
+    args, ref = reference_run
+    before = (ref / "metrics.jsonl").read_text()
+    t0 = time.time()
+    proc = screen(*args, f"hydra.run.dir={ref}", cwd=ref.parent, check=True)
+    assert "skipped" in proc.stderr + proc.stdout
+    assert (ref / "metrics.jsonl").read_text() == before
+    assert time.time() - t0 < 30
