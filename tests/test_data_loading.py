@@ -138,19 +138,22 @@ def test_url_source_downloads_checks_and_caches(tmp_path: Path) -> None:
     assert load_token_data(cfg).fingerprint == data.fingerprint
 
 
-def test_tiny_shakespeare_config_pins_the_published_checksum() -> None:
+def compose_data(name: str) -> DataConfig:
+    """``data=<name>`` composed into the suite's root config, as the command line does."""
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose(overrides=["+data=tiny_shakespeare"]).data
+        return OmegaConf.to_object(compose(config_name="config", overrides=[f"data={name}"]).data)
+
+
+def test_tiny_shakespeare_config_pins_the_published_checksum() -> None:
+    cfg = compose_data("tiny_shakespeare")
     assert cfg.source == "url" and cfg.path.endswith("tinyshakespeare/input.txt")
     assert cfg.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
 def test_data_configs_compose_against_the_schema(name: str) -> None:
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        data = OmegaConf.to_object(compose(overrides=[f"+data={name}"]).data)
+    data = compose_data(name)
     assert isinstance(data, DataConfig)
     assert data.name == name and data.source in SOURCES and data.tokenizer in ("char", "bpe")
     if data.source == "hf":
