@@ -57,7 +57,13 @@ def locked(path: Path) -> Iterator[None]:
             "set data.cache_dir or NGT_CACHE to a writable folder"
         ) from None
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. a network file system mounted without lock support
+            raise NGTError(
+                f"cannot lock {lock} ({exc.strerror}); set data.cache_dir or NGT_CACHE to a folder "
+                "on a file system with file locks"
+            ) from None
         yield
 
 
