@@ -7,9 +7,13 @@ or a value of the wrong type fails at composition time instead of mid-run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 @dataclass
@@ -95,13 +99,13 @@ class Config:
     seed: int = 42  # model init and dropout
     data_seed: int = 1337  # order of training batches
     eval_seed: int = 2024  # the fixed evaluation batches, shared by every run of a sweep
-    sweep: Optional[Any] = None  # name of the named grid, set by sweeps/*.yaml
+    sweep: Optional[str] = None  # name of the named grid (sweeps/<name>.yaml) this run belongs to
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    # Only the root: its typed fields validate whatever each group's YAML merges in.
     cs.store(name="config_schema", node=Config)
-    cs.store(group="variant", name="variant_schema", node=VariantConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="budget", name="budget_schema", node=BudgetConfig)
+    # Named grids live beside conf/ in sweeps/, one file each, selected as sweep=NAME.
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")

@@ -39,10 +39,11 @@ def _record_failure(run_dir: Path, message: str) -> None:
 def main(cfg: DictConfig) -> dict[str, Any]:
     from ngt.train import train  # torch and data imports wait until the config is known to be valid
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return train(OmegaConf.to_object(cfg), run_dir)
+        return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0)
     except NGTError as e:
         message = str(e)
     except Exception as e:  # a bug, not bad input: keep the traceback in the run directory
@@ -64,8 +65,32 @@ def one_line(e: BaseException) -> str:
         line += ": " + str(cause).strip().splitlines()[0]
     options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
     if options:
-        line += " (available: " + ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip() and not o.strip().endswith("_schema")) + ")"
+        line += " (available: " + ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip()) + ")"
     return line
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def continue_argv(argv: list[str]) -> list[str]:
+    """``continue=RUN_DIR [overrides]``: the run's own overrides, then the new ones, in the
+    run's own directory, so e.g. ``budget=long50k`` extends a finished screen run in place."""
+    given = [a for a in argv if a.startswith("continue=")]
+    if not given:
+        return argv
+    run = Path(given[0].split("=", 1)[1]).expanduser().resolve()
+    saved = run / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise NGTError(f"continue={run}: not a run directory (no .hydra/overrides.yaml)")
+    flags = [a for a in argv if a.startswith("-")]
+    new = [a for a in argv if not a.startswith("-") and a not in given]
+    kept = [o for o in OmegaConf.load(saved) if _key(o) not in {_key(n) for n in new}]
+    if {"-m", "--multirun"} & set(flags):
+        where = [f"hydra.sweep.dir={run.parent}", f"hydra.sweep.subdir={run.name}"]
+    else:
+        where = [f"hydra.run.dir={run}"]
+    return [*flags, *kept, *new, *where]
 
 
 def cli() -> None:
@@ -73,9 +98,13 @@ def cli() -> None:
     # letting them through to here lets us name the problem in one line instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        sys.argv[1:] = continue_argv(sys.argv[1:])
         main()
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except NGTError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

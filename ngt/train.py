@@ -51,9 +51,14 @@ def lr_at(step: int, cfg: Config) -> float:
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, job_num: int = 0) -> torch.device:
+    """``auto``: CUDA when present. Jobs of a grid launched side by side on one node
+    (submitit_local shows every job all GPUs) spread over the GPUs by job number; under
+    Slurm each job sees only its own GPU, so this is cuda:0 there."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", job_num % torch.cuda.device_count())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NGTError(f"train.device={name} but CUDA is not available on this machine")
     return torch.device(name)
@@ -146,7 +151,7 @@ def throughput(rows: list[dict], window: list[int], tokens_per_step: int) -> dic
     return {"window": [a, b], "steps_per_s": sps, "tokens_per_s": sps * tokens_per_step}
 
 
-def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     """Run (or continue) the run in ``run_dir``; returns its summary."""
     rd = RunDir(Path(run_dir))
     resolved = asdict(cfg)
@@ -167,7 +172,7 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, job_num)
     data = load_token_data(cfg.data)
     if state is not None and state["tokenizer"] != data.tokenizer.to_json():
         raise NGTError(f"{rd.last} was trained with a different tokenizer than data={cfg.data.name} gives now")

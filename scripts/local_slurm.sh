@@ -60,16 +60,14 @@ install_packages() {
   ((${#missing[@]})) || return 0
   log "installing ${missing[*]} (log: $BASE/log/apt.log)"
   # Keep the packages' maintainer scripts from starting services (we start our own).
-  local policy=/usr/sbin/policy-rc.d own_policy=0
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; own_policy=1
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  local apt=(apt-get -o DPkg::Lock::Timeout=300 -y -q) rc=0
+  local apt=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
   { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update &&
     DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${missing[@]}"
-  } >"$BASE/log/apt.log" 2>&1 || rc=$?
-  ((own_policy)) && rm -f "$policy"
-  ((rc == 0)) || { tail -20 "$BASE/log/apt.log" >&2; die "apt-get failed"; }
+  } >"$BASE/log/apt.log" 2>&1 || { tail -20 "$BASE/log/apt.log" >&2; die "apt-get failed"; }
 }
 
 start_munge() {
@@ -207,9 +205,11 @@ do_start() {
 }
 
 do_stop() {
-  local ids
-  if alive slurmctld run/slurmctld.pid && ids=$(squeue -h -o %A) && [[ -n $ids ]]; then
-    log "cancelling jobs" $ids; scancel $ids || true # so that no slurmstepd outlives slurmd
+  local ids=()
+  alive slurmctld run/slurmctld.pid && mapfile -t ids < <(squeue -h -o %A)
+  if ((${#ids[@]})); then
+    log "cancelling jobs ${ids[*]}"; scancel "${ids[@]}" || true # so that no slurmstepd outlives slurmd
+    # shellcheck disable=SC2016 # expanded by the inner bash
     wait_for 30 bash -c '[[ -z $(squeue -h -t R,CG -o %A) ]]' || true
   fi
   stop_daemons
@@ -226,10 +226,16 @@ do_status() {
   return $rc
 }
 
+# One start/stop at a time (parallel test workers). `flock -o` keeps the lock in flock
+# itself, so the daemons started below do not inherit it.
+if [[ -z ${NGT_SLURM_LOCKED:-} ]]; then
+  mkdir -p "$BASE"; NGT_SLURM_LOCKED=1 exec flock -o "$BASE/.lock" bash "${BASH_SOURCE[0]}" "$@"
+fi
 case ${1:-start} in
   start) do_start ;;
   stop) do_stop ;;
   status) do_status ;;
-  clean) do_stop; rm -rf "${BASE:?}"/{etc,log,run,state,env.sh}; log "removed $BASE" ;;
+  clean) do_stop; rm -rf "${BASE:?}"/{etc,log,run,state,env.sh,.lock}; rmdir "$BASE" 2>/dev/null || true
+         log "removed $BASE" ;;
   *) echo "usage: $0 start|stop|status|clean" >&2; exit 2 ;;
 esac

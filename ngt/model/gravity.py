@@ -9,6 +9,7 @@ the math and the others are checked against it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -116,15 +117,86 @@ def _record(out: dict, d2, attn, causal, r, sw: GravitySwitches) -> None:
 
 
 AttentionFn = Callable[..., torch.Tensor]
-BACKENDS: dict[str, AttentionFn] = {"reference": reference_attention}
+
+
+@functools.cache
+def _compiled_reference() -> AttentionFn:
+    # Static shapes: a run sees two or three (training, evaluation, a last partial batch),
+    # and each gets its own fully specialised kernel instead of one slower symbolic one.
+    return torch.compile(reference_attention, dynamic=False)
+
+
+def compiled_attention(
+    zq: torch.Tensor,
+    v: torch.Tensor,
+    m: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    r: torch.Tensor,
+    sw: GravitySwitches,
+    dropout_p: float = 0.0,
+    diagnostics: Optional[dict] = None,
+) -> torch.Tensor:
+    """``reference`` under torch.compile: the same graph, with the elementwise score math,
+    the masks and the softmax fused into a few loops over the L x L matrix, forward and
+    backward, instead of one pass (and one saved tensor) per operation.
+
+    The first call per shape compiles (seconds); diagnostics stay on the eager path.
+    """
+    if diagnostics is not None:
+        return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
+    return _compiled_reference()(zq, v, m, gamma, beta, r, sw, dropout_p)
+
+
+def _flex_attention(*args, **kwargs) -> torch.Tensor:
+    from ngt.model.flex import flex_gravity_attention  # imports this module: resolved at call time
+
+    return flex_gravity_attention(*args, **kwargs)
+
+
+BACKENDS: dict[str, AttentionFn] = {
+    "reference": reference_attention,
+    "compiled": compiled_attention,
+    "flex": _flex_attention,
+}
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels here: inductor needs Triton on CUDA and a
+    C++ compiler on CPU."""
+    try:
+        if device.type == "cuda":
+            from torch.utils._triton import has_triton
+
+            return has_triton()
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+        return True
+    except Exception:  # no compiler, or an inductor without this probe: stay eager
+        return False
+
+
+def available(name: str, device: torch.device) -> bool:
+    if name == "reference":
+        return True
+    if name == "compiled":
+        return can_compile(device)
+    # FlexAttention has no backward on CPU: training needs CUDA.
+    return name == "flex" and device.type == "cuda" and can_compile(device)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest."""
+    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest
+    available: flex on CUDA (no L x L matrix), compiled on CPU, else reference."""
     if name == "auto":
-        return "reference"
+        return next(b for b in ("flex", "compiled", "reference") if available(b, device))
     if name not in BACKENDS:
         from ngt.errors import NGTError
 
         raise NGTError(f"unknown model.attn_impl '{name}' (choose from auto, {', '.join(BACKENDS)})")
+    if not available(name, device):
+        from ngt.errors import NGTError
+
+        raise NGTError(f"model.attn_impl={name} cannot train on {device.type} here (use auto or reference)")
     return name

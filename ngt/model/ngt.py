@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ngt.config import ModelConfig, VariantConfig
+from ngt.model.decode import KVCache, LayerCache, cached_gravity_attention
 from ngt.model.gravity import BACKENDS, GravitySwitches, squared_distances
 from ngt.model.layers import FFN, init_gpt2, tie
 
@@ -34,15 +35,18 @@ class GravityAttention(nn.Module):
         self.beta = nn.Parameter(torch.zeros(H))
         self.radius_raw = nn.Parameter(torch.tensor(cfg.radius_init))
 
-    def forward(self, h, z, m, diagnostics: Optional[dict] = None):
+    def forward(self, h, z, m, diagnostics: Optional[dict] = None, cache: Optional[LayerCache] = None):
         B, L, d = h.shape
         v = self.v(h).view(B, L, self.H, d // self.H).transpose(1, 2)
         zq = self.z(z).view(B, L, self.H, self.ch).transpose(1, 2)
         gamma, r = F.softplus(self.gamma_raw), F.softplus(self.radius_raw)
-        out = BACKENDS[self.backend](
-            zq, v, m, gamma, self.beta, r, self.sw,
-            dropout_p=self.dropout if self.training else 0.0, diagnostics=diagnostics,
-        )
+        if cache is None:
+            out = BACKENDS[self.backend](
+                zq, v, m, gamma, self.beta, r, self.sw,
+                dropout_p=self.dropout if self.training else 0.0, diagnostics=diagnostics,
+            )
+        else:
+            out = cached_gravity_attention(cache, zq, v, m, gamma, self.beta, r, self.sw)
         h_attn = self.o(out.transpose(1, 2).reshape(B, L, d))
         if diagnostics is not None:
             with torch.no_grad():
@@ -60,8 +64,8 @@ class NGTBlock(nn.Module):
         self.ffn = FFN(cfg.d_model, cfg.mlp_dim, cfg.dropout)
         self.ln_c = nn.LayerNorm(cfg.coord_dim)
 
-    def forward(self, h, z, m, diagnostics: Optional[dict] = None):
-        h_attn, z_next = self.attn(self.ln1(h), z, m, diagnostics)
+    def forward(self, h, z, m, diagnostics: Optional[dict] = None, cache: Optional[LayerCache] = None):
+        h_attn, z_next = self.attn(self.ln1(h), z, m, diagnostics, cache)
         h = h + h_attn
         h = h + self.ffn(self.ln2(h))
         return h, self.ln_c(z + z_next)
@@ -86,16 +90,20 @@ class NGT(nn.Module):
             init_gpt2(self, cfg.n_layers, residual=("attn.o", "ffn.3"), keep=("coord_emb", "head"))
         tie(self.head, self.token_emb)
 
-    def forward(self, idx: torch.Tensor, want_coords: bool = False, diagnostics: Optional[list] = None):
+    def forward(self, idx: torch.Tensor, want_coords: bool = False, diagnostics: Optional[list] = None,
+                cache: Optional[KVCache] = None):
         """Logits (B, L, V); with ``want_coords`` also the last layer's z and the masses,
-        which the repulsion regulariser needs. ``diagnostics``: a list to fill, one dict per layer."""
+        which the repulsion regulariser needs. ``diagnostics``: a list to fill, one dict per layer.
+        ``cache``: decode ``idx`` as the continuation of the tokens it holds (ngt.model.decode)."""
         B, L = idx.shape
+        start = 0 if cache is None else cache.length
         h = self.token_emb(idx)
         m = F.softplus(self.mass_emb(idx)).squeeze(-1)
-        z = self.coord_emb(torch.arange(L, device=idx.device)).expand(B, L, -1)
-        for block in self.blocks:
+        z = self.coord_emb(torch.arange(start, start + L, device=idx.device)).expand(B, L, -1)
+        layer_caches = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer_cache in zip(self.blocks, layer_caches):
             layer_diag = None if diagnostics is None else {}
-            h, z = block(h, z, m, layer_diag)
+            h, z = block(h, z, m, layer_diag, layer_cache)
             if diagnostics is not None:
                 diagnostics.append(layer_diag)
         logits = self.head(self.ln_f(h))

@@ -17,13 +17,15 @@ from probe_train import Train  # noqa: E402
 
 name, mode, sig = sys.argv[1:4]
 timeout_min = int(sys.argv[4]) if len(sys.argv) > 4 else 60
+steps = int(sys.argv[5]) if len(sys.argv) > 5 else 25
+workers = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 wd = Path("/tmp/ngt-probe") / name
 shutil.rmtree(wd, ignore_errors=True)
 wd.mkdir(parents=True)
 ex = submitit.AutoExecutor(folder=wd / "submitit", cluster="slurm")
 ex.update_parameters(timeout_min=timeout_min, slurm_partition="low", cpus_per_task=1,
                      slurm_signal_delay_s=30)
-job = ex.submit(Train(wd, steps=25, step_s=1.0, mode=mode))
+job = ex.submit(Train(wd, steps=steps, step_s=1.0, mode=mode, workers=workers))
 t0 = time.time()
 print("job", job.job_id)
 

@@ -1,0 +1,149 @@
+"""Gravity attention on FlexAttention: no L x L matrix in memory, forward or backward.
+
+FlexAttention computes ``q . k`` blockwise and hands every score to a ``score_mod``.
+Appending two columns turns that dot product into the squared distance itself:
+``q' = [z, |z|^2, 1]`` and ``k' = [-2 z, 1, |z|^2]`` give ``q'_i . k'_j = ||z_i - z_j||^2``,
+so ``score_mod`` applies the rest of SPEC's score: ``-gamma / (d2 + eps) + beta``, the
+masses and the radius, from tensors it captures. Autograd through ``score_mod`` gives
+gamma, beta, the masses and (soft cutoff) the radius their gradients; the causal mask
+is a BlockMask, so blocks above the diagonal are skipped, not computed and discarded.
+
+Attention dropout (SPEC drops attention weights after the softmax) has no slot in a
+FlexAttention kernel, so it is done exactly by doubling the keys: copy 0 carries the
+values and keeps the score only where the dropout mask keeps the pair, copy 1 carries
+zero values and keeps the score only where the pair is dropped. The softmax's
+normaliser is then the full row sum, and the output is ``dropout(A) @ V`` with a
+counter-based hash as the mask, so forward and backward agree without storing it.
+That costs twice the score work, in training only.
+
+FlexAttention trains on CUDA only (no backward on CPU), but its forward runs on CPU
+under torch.compile, which is how the tests check this formulation against reference.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from ngt.model.gravity import EPS, GravitySwitches, reference_attention, score_dtype
+
+# The distance is a difference of large terms: TF32 dot products would cost it ~3 digits.
+_KERNEL_OPTIONS = {"FLOAT32_PRECISION": "'ieee'"}
+_MIX = 0x45D9F3B  # below 2**27: every product below stays under 2**59 in int64
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer, in int64 arithmetic that never overflows, so eager, C++ and
+    Triton code all compute the same bits."""
+    x = ((x >> 16) ^ x) * _MIX & 0xFFFFFFFF
+    x = ((x >> 16) ^ x) * _MIX & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def dropout_keep(seed: torch.Tensor, b, h, q_idx, kv_idx, n_heads: int, seq_len: int, p: float) -> torch.Tensor:
+    """Whether attention weight (b, h, q, kv) survives dropout: a pure function of the
+    indices and a per-call seed, evaluated wherever the kernel needs it."""
+    stream = _hash32(seed ^ (b.to(torch.int64) * n_heads + h.to(torch.int64)))
+    draw = _hash32(stream ^ (q_idx.to(torch.int64) * seq_len + kv_idx.to(torch.int64)))
+    return draw >= int(p * 2**32)
+
+
+def distance_operands(zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q', k' with ``q'_i . k'_j == ||z_i - z_j||^2``, zero-padded to a multiple of 16
+    columns (an aligned row for the GPU kernels; zeros add nothing to the dot product)."""
+    sq = zq.pow(2).sum(-1, keepdim=True)
+    one = torch.ones_like(sq)
+    ch = zq.shape[-1] + 2
+    pad = (0, -ch % 16)
+    q = torch.nn.functional.pad(torch.cat([zq, sq, one], -1), pad)
+    k = torch.nn.functional.pad(torch.cat([-2.0 * zq, one, sq], -1), pad)
+    return q, k
+
+
+def _causal(L: int):
+    # Key index modulo L: with dropout the keys are two copies of the sequence.
+    return lambda b, h, q_idx, kv_idx: q_idx >= kv_idx % L
+
+
+@functools.lru_cache(maxsize=16)
+def causal_block_mask(L: int, copies: int, device: str) -> BlockMask:
+    """The causal BlockMask over ``copies`` concatenated copies of the keys; it depends on
+    shapes only (never on a learned value), so it is built once and reused."""
+    return create_block_mask(_causal(L), None, None, L, copies * L, device=device)
+
+
+def _gravity_flex(q, k, v, block_mask, m, gamma, beta, r2, seed, sw: GravitySwitches, p: float):
+    """One FlexAttention call; ``score`` arrives as the squared distance."""
+    H, L = q.shape[1], q.shape[2]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        j = kv_idx % L
+        d2 = torch.clamp_min(score, 0.0)  # as squared_distances: cancellation leaves tiny negatives
+        if sw.use_rsqrt:
+            inv = torch.rsqrt(d2 + EPS)
+            s = -gamma[h] * inv * inv
+        else:
+            s = -gamma[h] / (d2 + EPS)
+        s = s + beta[h]
+        if sw.mass == "scores":
+            s = s * (m[b, q_idx] * m[b, j])
+        if sw.radius == "hard":
+            s = torch.where(d2 > r2, -float("inf"), s)
+        elif sw.radius == "soft":
+            s = s * torch.relu(1.0 - d2 / r2)
+        if p > 0:
+            keep = dropout_keep(seed, b, h, q_idx, j, H, L, p)
+            s = torch.where(keep == (kv_idx < L), s, -float("inf"))
+        return s
+
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
+                          kernel_options=_KERNEL_OPTIONS)
+
+
+@functools.cache
+def _compiled_flex():
+    # FlexAttention only runs as its fused kernel under torch.compile (eager is a slow
+    # L x L reference). The switches and p are constants of the trace.
+    return torch.compile(_gravity_flex, dynamic=False)
+
+
+def flex_gravity_attention(
+    zq: torch.Tensor,
+    v: torch.Tensor,
+    m: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    r: torch.Tensor,
+    sw: GravitySwitches,
+    dropout_p: float = 0.0,
+    diagnostics: Optional[dict] = None,
+    seed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """SPEC's attention through FlexAttention; ``seed`` fixes the dropout mask (drawn from
+    torch's generator when omitted, so runs stay reproducible under ``torch.manual_seed``)."""
+    if diagnostics is not None:
+        return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
+    B, H, L, _ = zq.shape
+    f = score_dtype(zq)
+    q, k = distance_operands(zq.to(f))
+    vv = v.to(f)
+    if sw.mass == "value":
+        vv = vv * m.to(f).unsqueeze(1).unsqueeze(-1)
+    # The hard cutoff has no gradient (SPEC): detaching skips a useless gradient scatter.
+    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2
+    copies = 2 if dropout_p > 0 else 1
+    if copies == 2:
+        k = torch.cat([k, k], dim=2)
+        vv = torch.cat([vv, torch.zeros_like(vv)], dim=2)
+        if seed is None:
+            seed = torch.randint(0, 2**31, (), dtype=torch.int64).to(zq.device)
+    else:
+        seed = torch.zeros((), dtype=torch.int64, device=zq.device)
+    block_mask = causal_block_mask(L, copies, str(zq.device))
+    out = _compiled_flex()(q, k, vv, block_mask, m.to(f), gamma.to(f), beta.to(f), r2, seed, sw, float(dropout_p))
+    if copies == 2:
+        out = out / (1.0 - dropout_p)
+    return out.to(v.dtype)

@@ -1,0 +1,50 @@
+"""The report stage: a sweep directory (or several run directories) in; results.csv,
+Summary.md, report.md, index.html and Plotly pages in plots/ out.
+
+    python -m ngt.report outputs/sweeps/<name>        # writes into that directory
+    write_report([sweep_dir], out=sweep_dir)           # the same, from Python
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from ngt.report import report_md, summary_md, tables
+from ngt.report.analysis import Analysis, analyse
+from ngt.report.load import load_runs
+from ngt.report.pages import Pages, write_pages
+
+log = logging.getLogger("ngt.report")
+
+
+@dataclass(frozen=True)
+class Report:
+    out: Path
+    analysis: Analysis
+    pages: Pages
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        return self.analysis.results
+
+
+def write_report(dirs: Iterable[Path], out: Path, window: Optional[list[int]] = None) -> Report:
+    dirs = [Path(d) for d in dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = load_runs(dirs, out)
+    a = analyse(sweep, window)
+    title = dirs[0].resolve().name if len(dirs) == 1 else f"{len(dirs)} directories"
+    a.results[tables.csv_columns(sweep)].to_csv(out / "results.csv", index=False)
+    (out / "Summary.md").write_text(summary_md.render(a, title), encoding="utf-8")
+    (out / "report.md").write_text(report_md.render(a, title), encoding="utf-8")
+    pages = write_pages(a, out, title)
+    return Report(out, a, pages)
+
+
+__all__ = ["write_report", "Report"]

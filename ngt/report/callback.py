@@ -1,0 +1,43 @@
+"""Write the report when ``python -m ngt.screen -m`` ends, failed runs included.
+
+Hydra calls ``on_multirun_end`` only if no job raised; ``ngt.screen`` records a failed
+run in its summary.json and returns instead of raising, so the callback always gets
+here. It writes the report first and only then fails the command, so the exit status
+still says that some runs failed. (With a launcher whose jobs can die without returning,
+e.g. a killed Slurm job, ``python -m ngt.report DIR`` writes the same report by hand.)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("ngt.report")
+
+
+class ReportCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from ngt.report import write_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            report = write_report([sweep_dir], sweep_dir)
+        except Exception:  # the runs are done and saved; say how to get their report instead
+            log.exception("the report could not be written; once fixed: python -m ngt.report %s", sweep_dir)
+            sys.exit(1)
+        runs = report.runs
+        log.info("report: %s (Summary.md, report.md, results.csv beside it)", report.pages.index)
+        unfinished = runs[~runs["status"].isin(["completed", "failed"])]
+        for _, r in unfinished.iterrows():
+            log.warning("run %s is %s at step %s: %s", r["name"], r["status"], r["final_step"], r["path"])
+        failed = runs[runs["status"] == "failed"]
+        if len(failed):
+            for _, r in failed.iterrows():
+                log.error("run %s failed: %s (%s)", r["name"], r["message"], r["path"])
+            log.error("%d of %d runs failed; the report covers all of them", len(failed), len(runs))
+            sys.exit(1)

@@ -1,0 +1,203 @@
+"""Run directories in, two pandas tables out: one row per run, one row per evaluation.
+
+Only the run directory contract is read (``ngt.rundir``: summary.json, metrics.jsonl,
+``.hydra/``), so a report can be made of runs still going, of runs that failed, and of
+run directories copied off another machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import yaml
+
+from ngt.errors import NGTError
+from ngt.rundir import METRICS, SUMMARY, RunDir
+
+# Overrides that pick what a run is (its label) and which replicate it is (its seed);
+# every other override puts the run in a group, and runs are compared within a group.
+LABEL_KEYS = ("variant",)
+REPLICATE_KEYS = ("seed", "data_seed")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    runs: pd.DataFrame  # index: run id (path relative to the report); see ``load_runs``
+    metrics: pd.DataFrame  # one row per evaluation: run, step, train/loss, val/loss, ...
+    override_keys: list[str]  # the override columns of ``runs``, in first-seen order
+    sweep_commands: list[str]  # ``python -m ngt.screen -m ...`` for each sweep found
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / SUMMARY).exists() or (path / METRICS).exists() or (path / ".hydra" / "config.yaml").exists()
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every run directory at or under ``paths`` (a run dir, a sweep dir, or a parent of sweeps)."""
+    found: list[Path] = []
+    for top in paths:
+        if not top.is_dir():
+            raise NGTError(f"no such directory: {top}")
+        for root, dirs, _ in os.walk(top):
+            if is_run_dir(Path(root)):
+                found.append(Path(root))
+                dirs[:] = []  # checkpoints/, tb/ and .hydra/ hold no runs
+            else:
+                dirs.sort()
+    if not found:
+        listed = ", ".join(str(p) for p in paths)
+        raise NGTError(f"no run directories under {listed} (a run directory holds summary.json, metrics.jsonl "
+                       "or .hydra/config.yaml)")
+    return sorted(set(found))
+
+
+def _yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+
+
+def _override_items(overrides: list[str]) -> dict[str, str]:
+    """{'model.d_model': '32', ...}; '+key=v' adds a key, '~key' deletes one (kept as such)."""
+    items = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        items[key.lstrip("+")] = value
+    return items
+
+
+def _updated(path: Path) -> str:
+    """When the run last wrote its record: tells a live 'running' run from a dead one."""
+    times = [p.stat().st_mtime for p in (path / SUMMARY, path / METRICS) if p.exists()]
+    return datetime.fromtimestamp(max(times), timezone.utc).isoformat(timespec="seconds") if times else ""
+
+
+def _status(summary: dict | None, metrics: list[dict]) -> str:
+    if summary and summary.get("status"):
+        return summary["status"]
+    # The trainer writes summary.json before its first evaluation, so no summary means the
+    # run died (or is) between Hydra creating its directory and the trainer starting.
+    return "running" if metrics else "started"
+
+
+def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
+    rd = RunDir(path)
+    summary = rd.read_summary()
+    metrics = rd.read_metrics()
+    config = _yaml(path / ".hydra" / "config.yaml") or {}
+    overrides = [str(o) for o in _yaml(path / ".hydra" / "overrides.yaml") or []]
+    items = _override_items(overrides)
+    s = summary or {}
+    seeds = s.get("seeds") or {}
+    variant_cfg, model_cfg, train_cfg = config.get("variant", {}), config.get("model", {}), config.get("train", {})
+    steps = [r["step"] for r in metrics]
+    row = {
+        "run": os.path.relpath(path, root),
+        "variant": s.get("variant") or variant_cfg.get("name") or items.get("variant", "?"),
+        "arch": s.get("arch") or variant_cfg.get("arch"),
+        "seed": seeds.get("seed", config.get("seed")),
+        "data_seed": seeds.get("data_seed", config.get("data_seed")),
+        "eval_seed": seeds.get("eval_seed", config.get("eval_seed")),
+        "status": _status(summary, metrics),
+        "message": s.get("message"),
+        # The summary's step is written when the run ends; a live or killed run has only its metrics.
+        "final_step": max([s.get("final_step") or 0, *steps]),
+        "max_steps": s.get("max_steps", config.get("budget", {}).get("max_steps")),
+        "params": s.get("params"),
+        "val_loss_full": s.get("val_loss_full"),
+        "tokens_per_step": s.get("tokens_per_step"),
+        "peak_memory_mb": s.get("peak_memory_mb"),
+        "peak_memory_kind": s.get("peak_memory_kind"),
+        "device": s.get("device"),
+        "attn_impl": s.get("attn_impl"),
+        "mass": variant_cfg.get("mass"),
+        "radius": variant_cfg.get("radius"),
+        "n_layers": model_cfg.get("n_layers"),
+        "block_size": train_cfg.get("block_size"),
+        "overrides": shlex.join(overrides),  # as typed on a command line
+        "checkpoint": str(rd.last) if rd.last.exists() else None,
+        "updated": _updated(path),
+        "path": str(path.resolve()),
+    }
+    return row, metrics, items
+
+
+def _sweep_command(sweep_dir: Path) -> str | None:
+    """The command that launched the sweep, from the multirun.yaml Hydra leaves in its directory."""
+    saved = _yaml(sweep_dir / "multirun.yaml") or {}
+    overrides = saved.get("hydra", {}).get("overrides", {})
+    task, hydra = overrides.get("task"), overrides.get("hydra") or []
+    if task is None:
+        return None
+    args = [*task, *(h for h in hydra if not h.startswith("hydra.mode="))]
+    return "python -m ngt.screen -m " + " ".join(shlex.quote(a) for a in args)
+
+
+def _names(runs: pd.DataFrame) -> pd.Series:
+    """Short unique display names: the label, plus the seed and the group only where they tell runs apart."""
+    varying_groups = runs["group"].nunique() > 1
+    seeds_per_label = runs.groupby(["label", "group"])["seed"].transform("nunique")
+    names = []
+    for (_, r), n_seeds in zip(runs.iterrows(), seeds_per_label):
+        name = r["label"]
+        if n_seeds > 1:
+            name += f" seed={r['seed']}"
+        if varying_groups and r["group_label"]:
+            name += f" [{r['group_label']}]"
+        names.append(name)
+    names = pd.Series(names, index=runs.index)
+    dup = names.groupby(names).cumcount()
+    return names.where(dup == 0, names + " #" + (dup + 1).astype(str))
+
+
+def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
+    """Read every run under ``paths``; run ids are paths relative to ``root`` (where the report goes)."""
+    paths = [Path(p) for p in paths]
+    rows, metric_frames, items_per_run = [], [], []
+    for path in find_run_dirs(paths):
+        row, metrics, items = _run_row(path, root)
+        rows.append(row)
+        items_per_run.append(items)
+        if metrics:
+            metric_frames.append(pd.DataFrame(metrics).assign(run=row["run"]))
+
+    keys: list[str] = []
+    for items in items_per_run:
+        keys += [k for k in items if k not in keys]
+    override_keys = [k for k in keys if k not in ("variant", "seed", "data_seed", "eval_seed")]
+    for row, items in zip(rows, items_per_run):
+        label_parts = [f"{k}={v}" for k, v in items.items() if k.startswith("variant.")]
+        row["label"] = row["variant"] + (f"[{','.join(label_parts)}]" if label_parts else "")
+        group = {k: v for k, v in items.items()
+                 if k not in LABEL_KEYS + REPLICATE_KEYS and not k.startswith("variant.")}
+        row["group"] = ",".join(f"{k}={v}" for k, v in sorted(group.items()))
+        row["_group_items"] = group
+        row.update({k: items.get(k) for k in override_keys})
+    runs = pd.DataFrame(rows).set_index("run", drop=False)
+    # Baseline first, then variants by name, seeds in order: the order of every table.
+    order = runs.assign(_b=runs["label"] != "baseline").sort_values(["group", "_b", "label", "seed"], kind="stable")
+    runs = runs.loc[order.index]
+    runs["group_label"] = _group_labels(runs.pop("_group_items"))
+    runs["name"] = _names(runs)
+
+    metrics = pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame(columns=["run", "step"])
+    metrics = metrics.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+    for col in metrics.columns:
+        if col != "run":
+            metrics[col] = pd.to_numeric(metrics[col], errors="coerce")  # null (diverged) -> NaN
+    commands = sorted({c for p in paths for c in [_sweep_command(p)] if c})
+    return Sweep(runs, metrics, override_keys, commands)
+
+
+def _group_labels(groups: pd.Series) -> list[str]:
+    """Each group shown by only the overrides that differ between groups."""
+    keys = {k for g in groups for k in g}
+    varying = sorted(k for k in keys if len({g.get(k) for g in groups}) > 1)
+    return [",".join(f"{k}={g[k]}" for k in varying if k in g) for g in groups]

@@ -1,0 +1,57 @@
+"""report.md: the ranked table and SPEC's pairwise ablation questions."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ngt.report.analysis import Analysis
+from ngt.report.markdown import integer, num, ratio, signed, table, text
+
+
+def ranked(a: Analysis) -> str:
+    head = "## Ranking\n\n"
+    if a.at.step is None:
+        return head + "No step was evaluated by every compared run: nothing to rank.\n"
+    t = a.at.table.join(a.results[["val_loss_best", "best_step", "params"]]).join(a.speeds[["steps_per_s"]])
+    t["rank"] = t.groupby("group")["val_loss"].rank(method="min").astype(int)
+    t["best"] = [f"{v:.4f} ({s})" for v, s in zip(t["val_loss_best"], t["best_step"])]
+    cols = {"rank": ("#", integer), "name": ("run", text), "val_loss": (f"val loss @{a.at.step}", num(4)),
+            "ppl": ("ppl", num(2)), "delta": ("Δ vs baseline", signed(4)), "best": ("best (step)", text),
+            "steps_per_s": ("steps/s", num(3)), "params": ("params", integer), "status": ("status", text)}
+    out = head + f"Ranked by validation loss at step {a.at.step} (see Summary.md, section 1)"
+    out += ", within each group of identical other overrides.\n\n" if a.several_groups else ".\n\n"
+    out += table(t, cols)
+    if len(a.at.missing):
+        out += f"\nNot ranked (no evaluation at step {a.at.step}): " + ", ".join(
+            f"{r['name']} ({r['status']})" for _, r in a.at.missing.iterrows()) + ".\n"
+    return out
+
+
+def _verdict(r: pd.Series) -> str:
+    if isinstance(r["missing"], str):
+        return f"missing: {r['missing']}"
+    better, worse = (r["other"], r["reference"]) if r["delta"] < 0 else (r["reference"], r["other"])
+    if pd.notna(r["low"]):
+        beyond = r["low"] > 0 or r["high"] < 0
+        return f"{better} better, beyond seed noise" if beyond else "within seed noise"
+    return f"{better} lower (one seed: directional)" if r["delta"] != 0 else "equal"
+
+
+def ablations(a: Analysis) -> str:
+    t = a.ablations.copy()
+    t["pair"] = t["other"] + " vs " + t["reference"]
+    if a.several_groups:
+        labels = a.results.drop_duplicates("group").set_index("group")["group_label"]
+        t["pair"] += t["group"].map(lambda g: f" [{labels[g]}]" if g is not None and labels[g] else "")
+    t["ci"] = [f"[{lo:+.4f}, {hi:+.4f}]" if pd.notna(lo) else "n/a" for lo, hi in zip(t["low"], t["high"])]
+    t["seeds"] = [f"{a_}/{b}" if a_ else "" for a_, b in zip(t["n_ref"], t["n_other"])]
+    t["verdict"] = t.apply(_verdict, axis=1)
+    return ("## Ablations\n\nEach line answers one question: Δ = loss(second) − loss(first) at step "
+            f"{a.at.step} (negative: the second is better); speed = second's steps/s over the first's.\n\n"
+            + table(t, {"question": ("question", text), "pair": ("second vs first", text),
+                        "delta": ("Δ val loss", signed(4)), "ci": ("95% CI", text), "seeds": ("seeds", text),
+                        "speed_ratio": ("speed", ratio), "verdict": ("answer", text)}))
+
+
+def render(a: Analysis, title: str) -> str:
+    return f"# Report: {title}\n\n" + ranked(a) + "\n" + ablations(a)

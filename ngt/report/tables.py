@@ -1,0 +1,213 @@
+"""The report's numbers, as DataFrames: one row per run (results.csv) and the comparisons.
+
+Every comparison is made within a group (runs sharing all overrides but the variant and
+the seed) and at one step that every compared run reached, so no run is compared with a
+baseline that trained longer, on other data or at another size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ngt.report.load import Sweep
+from ngt.report.stats import Difference, welch
+from ngt.train import throughput
+
+BASELINE = "baseline"
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss is not None and math.isfinite(loss) and loss < 700 else math.nan
+
+
+def _val(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations with a finite validation loss (a diverged evaluation is recorded as null)."""
+    if "val/loss" not in metrics:
+        return metrics.iloc[:0]
+    return metrics[np.isfinite(metrics["val/loss"].astype(float))]
+
+
+def _rate(m: pd.DataFrame, window: list[int], tokens_per_step) -> dict:
+    rows = m[["step", "elapsed_s"]].to_dict("records") if len(m) else []
+    if not rows:
+        return {"window": None, "steps_per_s": None, "tokens_per_s": None}
+    return throughput(rows, window, int(tokens_per_step) if pd.notna(tokens_per_step) else 0)
+
+
+def results(sweep: Sweep, window: Optional[list[int]] = None) -> pd.DataFrame:
+    """One row per run: what results.csv holds. ``window``: [a, b] steps for throughput;
+    None = each run's first evaluation after step 0 to its last (the trainer's default)."""
+    runs, out = sweep.runs, []
+    for run, r in runs.iterrows():
+        m = sweep.metrics[sweep.metrics["run"] == run]
+        v = _val(m)
+        last = m.iloc[-1] if len(m) else None
+        best = v.loc[v["val/loss"].idxmin()] if len(v) else None
+        rate = _rate(m, list(window or []), r["tokens_per_step"])
+        out.append({
+            "last_eval_step": last["step"] if last is not None else None,
+            "val_loss_final": last.get("val/loss") if last is not None else None,
+            "train_loss_final": last.get("train/loss") if last is not None else None,
+            "val_loss_best": best["val/loss"] if best is not None else None,
+            "best_step": best["step"] if best is not None else None,
+            "throughput_window": "-".join(str(s) for s in rate["window"]) if rate["window"] else None,
+            "steps_per_s": rate["steps_per_s"],
+            "tokens_per_s": rate["tokens_per_s"] if r["tokens_per_step"] else None,
+        })
+    df = pd.concat([runs.reset_index(drop=True), pd.DataFrame(out)], axis=1).set_index("run", drop=False)
+    df["ppl_final"] = df["val_loss_final"].map(perplexity)
+    df["ppl_full"] = df["val_loss_full"].map(perplexity)
+    for col in ("last_eval_step", "best_step", "final_step", "max_steps", "params", "seed", "data_seed", "eval_seed"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def csv_columns(sweep: Sweep) -> list[str]:
+    return ["run", "name", "variant", "label", *sweep.override_keys, "seed", "data_seed", "eval_seed", "status",
+            "message", "final_step", "last_eval_step", "max_steps", "params", "val_loss_final", "ppl_final",
+            "train_loss_final", "val_loss_best", "best_step", "val_loss_full", "ppl_full", "throughput_window",
+            "steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl", "updated",
+            "path"]
+
+
+def common_step(sweep: Sweep) -> Optional[int]:
+    """The largest step at which every completed run has a validation loss (every run with
+    an evaluation when none completed): partial and failed runs must not drag the
+    comparison back to step 0; they join it when they reached that step too."""
+    v = _val(sweep.metrics)
+    completed = sweep.runs.index[sweep.runs["status"] == "completed"]
+    pool = [r for r in completed if r in set(v["run"])] or list(v["run"].unique())
+    if not pool:
+        return None
+    steps = set.intersection(*(set(v.loc[v["run"] == r, "step"]) for r in pool))
+    return int(max(steps)) if steps else None
+
+
+@dataclass(frozen=True)
+class AtStep:
+    step: Optional[int]
+    table: pd.DataFrame  # compared runs: name, label, group, seed, val_loss, ppl, baseline, delta
+    missing: pd.DataFrame  # runs that did not reach ``step``: name, status, last step
+
+
+def at_step(sweep: Sweep, res: pd.DataFrame, step: Optional[int]) -> AtStep:
+    v = _val(sweep.metrics)
+    here = v[v["step"] == step].set_index("run")["val/loss"] if step is not None else pd.Series(dtype=float)
+    base = res[["group", "label", "name", "status", "seed", "last_eval_step"]]
+    t = base.loc[base.index.isin(here.index)].copy()
+    t["val_loss"] = here.reindex(t.index)
+    t["ppl"] = t["val_loss"].map(perplexity)
+    baseline_mean = t[t["label"] == BASELINE].groupby("group")["val_loss"].mean()
+    t["baseline"] = t["group"].map(baseline_mean)
+    t["delta"] = t["val_loss"] - t["baseline"]
+    t = t.sort_values(["group", "val_loss"])
+    return AtStep(step, t, base.loc[~base.index.isin(here.index)])
+
+
+def best_vs_last(res: pd.DataFrame) -> pd.DataFrame:
+    t = res[["name", "status", "val_loss_best", "best_step", "val_loss_final", "last_eval_step"]].copy()
+    t["gap"] = t["val_loss_final"] - t["val_loss_best"]
+    return t
+
+
+def common_window(sweep: Sweep, compared: list[str], step: Optional[int]) -> Optional[list[int]]:
+    """First evaluation after step 0 shared by the compared runs, to the common step:
+    step 0 is left out because its time includes start-up (as the original's 500 -> 15000)."""
+    if step is None or not compared:
+        return None
+    m = sweep.metrics
+    shared = set.intersection(*(set(m.loc[m["run"] == r, "step"]) for r in compared))
+    starts = sorted(s for s in shared if 0 < s < step)
+    return [int(starts[0]), step] if starts else None
+
+
+def throughput_table(sweep: Sweep, res: pd.DataFrame, runs: list[str], window: Optional[list[int]]) -> pd.DataFrame:
+    t = res.loc[runs, ["name", "label", "group", "status", "tokens_per_step"]].copy()
+    rates = [_rate(sweep.metrics[sweep.metrics["run"] == r], window or [], t.at[r, "tokens_per_step"]) for r in runs]
+    t["steps_per_s"] = [x["steps_per_s"] for x in rates]
+    t["tokens_per_s"] = [x["tokens_per_s"] if pd.notna(t.at[r, "tokens_per_step"]) else None
+                         for x, r in zip(rates, runs)]
+    t["steps_per_s"] = t["steps_per_s"].astype(float)
+    base = t[t["label"] == BASELINE].groupby("group")["steps_per_s"].mean()
+    t["ratio"] = t["steps_per_s"] / t["group"].map(base)
+    return t
+
+
+def params_table(res: pd.DataFrame) -> pd.DataFrame:
+    t = res[["label", "group", "group_label", "params"]].drop_duplicates(["label", "group"]).copy()
+    base = t[t["label"] == BASELINE].set_index("group")["params"]
+    t["vs_baseline"] = (t["params"].astype(float) / t["group"].map(base).astype(float)) - 1.0
+    return t
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    group: str
+    label: str
+    n: int
+    mean: float
+    std: float
+    diff: Optional[Difference]  # to the baseline of the group, when both have >= 2 seeds
+
+
+def seed_table(at: AtStep) -> list[SeedRow]:
+    """Mean and spread over seeds per variant at the common step, for variants with two or more seeds."""
+    t = at.table
+    out = []
+    for (group, label), g in t.groupby(["group", "label"], sort=True):
+        if len(g) < 2:
+            continue
+        base = t[(t["group"] == group) & (t["label"] == BASELINE)]["val_loss"].to_numpy()
+        diff = welch(base, g["val_loss"].to_numpy()) if label != BASELINE else None
+        out.append(SeedRow(group, label, len(g), float(g["val_loss"].mean()), float(g["val_loss"].std(ddof=1)), diff))
+    return out
+
+
+# SPEC's pairwise questions: (reference, other, what the difference answers).
+ABLATIONS = [
+    (BASELINE, "ngt_default", "Does gravity attention (NGT) beat standard attention at matched parameters?"),
+    ("ngt_default", "bare", "Do repulsion and the radius cutoff, together, help NGT?"),
+    ("ngt_default", "no_repulsion", "Does the repulsion regulariser help?"),
+    ("ngt_default", "no_radius", "Does the hard radius cutoff help?"),
+    ("ngt_default", "mass_in_value", "Should mass scale the values instead of the scores (repulsion every 4 steps)?"),
+    ("ngt_default", "soft_cutoff", "Is a soft radius cutoff (r then trains) better than the hard one?"),
+    ("ngt_default", "repulsion_interval_8", "Is repulsion every 8 steps as good as every step?"),
+]
+
+
+def ablations(at: AtStep, res: pd.DataFrame, speeds: pd.DataFrame) -> pd.DataFrame:
+    """One row per question and group holding either variant: the loss difference
+    (other - reference) at the common step, with a seed interval when there are seeds, or
+    why the comparison is missing. A question with neither variant anywhere gets one row."""
+    t = at.table
+    present = res.groupby("group")["label"].agg(set)
+    rows = []
+    for ref, other, question in ABLATIONS:
+        groups = [g for g, labels in present.items() if ref in labels or other in labels]
+        for group in groups or [None]:
+            row = {"group": group, "reference": ref, "other": other, "question": question, "delta": None,
+                   "low": None, "high": None, "n_ref": 0, "n_other": 0, "speed_ratio": None, "missing": None}
+            rows.append(row)
+            missing = [lab for lab in (ref, other) if group is None or lab not in present[group]]
+            if missing:
+                row["missing"] = "no run of " + " and ".join(missing)
+                continue
+            here = t[t["group"] == group]
+            a, b = (here.loc[here["label"] == lab, "val_loss"].to_numpy() for lab in (ref, other))
+            if not len(a) or not len(b):
+                short = [lab for lab, x in ((ref, a), (other, b)) if not len(x)]
+                row["missing"] = f"{' and '.join(short)} did not reach step {at.step}"
+                continue
+            diff = welch(a, b)
+            row.update(delta=float(b.mean() - a.mean()), n_ref=len(a), n_other=len(b))
+            if diff is not None:
+                row.update(low=diff.low, high=diff.high)
+            sp = speeds[speeds["group"] == group].groupby("label")["steps_per_s"].mean()
+            if ref in sp and other in sp and sp[ref] > 0:
+                row["speed_ratio"] = sp[other] / sp[ref]
+    return pd.DataFrame(rows)

@@ -1,0 +1,347 @@
+"""The report stage on a sweep directory made of real tiny runs: completed runs with two
+seeds, a run that diverged, a run that failed before training, a run killed mid-way, and
+a run directory with nothing in it yet. Numbers are checked against metrics.jsonl."""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ngt.report.coords import ValidationSamples, pca3, run_coords
+from ngt.report.stats import t975, welch
+
+REPO = Path(__file__).resolve().parents[1]
+# Two layers, so diagnostics are per layer; a small corpus, so the full validation pass is quick;
+# the reference attention, because compiling the CPU backend would take longer than these runs.
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64",
+        "model.context=64", "model.attn_impl=reference", "train.batch_size=4", "budget=smoke", "data=text"]
+_BUILT: dict = {}
+
+
+def _python(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run to be killed ended first:\n{proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"{metrics} never reached {n} rows")
+
+
+def build_sweep(tmp_path_factory) -> dict:
+    """The sweep directory, made once per session (test_pages.py uses it too)."""
+    if _BUILT:
+        return _BUILT
+    root = tmp_path_factory.mktemp("report")
+    corpus = root / "corpus.txt"
+    corpus.write_text((REPO / "ngt" / "assets" / "shakespeare_corpus.txt").read_text()[:60_000])
+    sweep = root / "sweep"
+    common = [*TINY, f"data.path={corpus}", f"hydra.sweep.dir={sweep}"]
+
+    # Killed mid-way (SIGKILL: no chance to record anything) once it evaluated step 20.
+    partial = sweep / "partial"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "ngt.screen", *TINY, f"data.path={corpus}", "variant=no_radius", "train.block_size=32",
+         "budget.max_steps=100000", f"hydra.run.dir={partial}"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(partial / "metrics.jsonl", 3, killed)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    grid = _python("-m", "ngt.screen", "-m", "variant=baseline,ngt_default,mass_in_value", "seed=1,2",
+                   "train.block_size=32", *common, cwd=root)
+
+    # Hydra made the directory, the trainer never started: nothing recorded but the config.
+    started = sweep / "started"
+    (started / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "overrides.yaml"):
+        (started / ".hydra" / name).write_text((partial / ".hydra" / name).read_text())
+    # lr=1e30 diverges (a NaN loss after step 0); block 1000 is beyond the context (fails before training).
+    failing = _python("-m", "ngt.screen", "-m", "variant=no_repulsion", "train.lr=1e30", "train.block_size=32,1000",
+                      *common, cwd=root)
+    # The CLI on the same runs, into another directory, after the callback's report.
+    cli = _python("-m", "ngt.report", str(sweep), "--out", str(root / "cli"), cwd=root)
+    _BUILT.update(root=root, sweep=sweep, grid=grid, failing=failing, cli=cli, partial=partial, started=started)
+    return _BUILT
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    return build_sweep(tmp_path_factory)
+
+
+def runs_by_dir(sweep: Path) -> dict[str, dict]:
+    """Each run directory's own record, read directly (not through ngt.report)."""
+    out = {}
+    for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+        m = d / "metrics.jsonl"
+        s = d / "summary.json"
+        out[d.name] = {
+            "metrics": [json.loads(x) for x in m.read_text().splitlines()] if m.exists() else [],
+            "summary": json.loads(s.read_text()) if s.exists() else None,
+            "overrides": (d / ".hydra" / "overrides.yaml").read_text(),
+        }
+    return out
+
+
+@pytest.fixture(scope="session")
+def results(built) -> pd.DataFrame:
+    return pd.read_csv(built["sweep"] / "results.csv").set_index("run")
+
+
+def section(md: str, heading: str) -> str:
+    start = md.index(heading)
+    nxt = md.find("\n## ", start + 1)
+    return md[start:nxt if nxt > 0 else None]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("|---")]
+    return rows[1:]  # without the header
+
+
+def test_multirun_writes_report_even_when_runs_fail(built):
+    assert built["grid"].returncode == 0, built["grid"].stderr[-3000:]
+    failing = built["failing"]
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    log = failing.stdout + failing.stderr
+    assert "2 of " in log and "runs failed" in log and "loss is nan" in log
+    sweep = built["sweep"]
+    for name in ("results.csv", "Summary.md", "report.md", "index.html", "plots/losses.html", "plots/plotly.min.js"):
+        assert (sweep / name).exists(), name
+
+
+def test_every_run_directory_is_a_row_with_its_status(built, results):
+    records = runs_by_dir(built["sweep"])
+    assert sorted(results.index) == sorted(records)
+    statuses = results["status"].to_dict()
+    assert statuses["partial"] == "running" and statuses["started"] == "started"
+    assert sorted(statuses.values()).count("completed") == 6 and list(statuses.values()).count("failed") == 2
+    for name, rec in records.items():
+        if rec["summary"]:
+            assert statuses[name] == rec["summary"]["status"]
+    diverged = [n for n, r in records.items() if r["summary"] and "nan" in (r["summary"]["message"] or "")]
+    assert len(diverged) == 1 and "loss is nan" in results.at[diverged[0], "message"]
+
+
+def test_results_csv_numbers_come_from_metrics(results, built):
+    for name, rec in runs_by_dir(built["sweep"]).items():
+        row, rows, s = results.loc[name], rec["metrics"], rec["summary"] or {}
+        if not rows:
+            assert pd.isna(row["val_loss_final"]) and pd.isna(row["last_eval_step"])
+            continue
+        last = rows[-1]
+        best = min(rows, key=lambda r: r["val/loss"])
+        assert row["last_eval_step"] == last["step"]
+        assert row["final_step"] == max(last["step"], s.get("final_step") or 0)
+        assert row["val_loss_final"] == pytest.approx(last["val/loss"], rel=1e-12)
+        assert row["ppl_final"] == pytest.approx(math.exp(last["val/loss"]), rel=1e-9)
+        assert row["train_loss_final"] == pytest.approx(last["train/loss"], rel=1e-12)
+        assert row["val_loss_best"] == pytest.approx(best["val/loss"], rel=1e-12)
+        assert row["best_step"] == best["step"]
+        evaluated = [r["step"] for r in rows]
+        after0 = [x for x in evaluated if x > 0]
+        if after0 and after0[0] < evaluated[-1]:
+            a, b = after0[0], evaluated[-1]
+            t = {r["step"]: r["elapsed_s"] for r in rows}
+            assert row["throughput_window"] == f"{a}-{b}"
+            assert row["steps_per_s"] == pytest.approx((b - a) / (t[b] - t[a]), rel=1e-9)
+            assert row["tokens_per_s"] == pytest.approx(row["steps_per_s"] * s["tokens_per_step"], rel=1e-9)
+        else:
+            assert pd.isna(row["steps_per_s"])
+        if s.get("status") == "completed":
+            assert row["val_loss_full"] == pytest.approx(s["val_loss_full"], rel=1e-12)
+            assert row["params"] == s["params"] and row["max_steps"] == s["max_steps"]
+            assert row["peak_memory_mb"] == pytest.approx(s["peak_memory_mb"])
+        if "seed=" in rec["overrides"]:
+            assert f"seed={row['seed']}" in rec["overrides"]
+    # the swept overrides are columns
+    assert {"budget", "train.lr", "train.block_size"} <= set(results.columns)
+
+
+def _val_at(rec: dict, step: int) -> float | None:
+    return next((r["val/loss"] for r in rec["metrics"] if r["step"] == step), None)
+
+
+def test_summary_fixed_step_against_metrics(built, results):
+    md = (built["sweep"] / "Summary.md").read_text()
+    sec = section(md, "## 1. Fixed-step comparison")
+    step = int(re.search(r"at step \*\*(\d+)\*\*", sec).group(1))
+    assert step == 20  # the smoke budget's last evaluation, reached by every completed run
+    records = runs_by_dir(built["sweep"])
+    shown = {r[0]: r for r in table_rows(sec)}
+    name_of = results["name"].to_dict()
+    base_group = results.loc[results["variant"] == "baseline"]
+    base_mean = np.mean([_val_at(records[n], step) for n in base_group.index])
+    for run, rec in records.items():
+        v = _val_at(rec, step)
+        if v is None:  # not reached: listed, not dropped
+            assert f"- {name_of[run]}: {results.at[run, 'status']}" in sec
+            continue
+        row = shown[name_of[run]]
+        assert row[1] == f"{v:.4f}" and row[2] == f"{math.exp(v):.2f}"
+        if run != "partial":  # its own group (other budget): no baseline there
+            assert row[3] == f"{v - base_mean:+.4f}"
+        else:
+            assert row[3] == "n/a"
+
+
+def test_summary_best_vs_last_and_throughput(built, results):
+    md = (built["sweep"] / "Summary.md").read_text()
+    records = runs_by_dir(built["sweep"])
+    name_of = results["name"].to_dict()
+    best = {r[0]: r for r in table_rows(section(md, "## 2. Best vs last"))}
+    for run, rec in records.items():
+        if rec["metrics"]:
+            b = min(rec["metrics"], key=lambda r: r["val/loss"])
+            assert best[name_of[run]][1:3] == [f"{b['val/loss']:.4f}", str(b["step"])]
+    sec = section(md, "## 3. Throughput")
+    assert "Over steps **10 → 20**" in sec
+    shown = {r[0]: r for r in table_rows(sec)}
+    base = []
+    for run, rec in records.items():
+        t = {r["step"]: r["elapsed_s"] for r in rec["metrics"]}
+        if 10 in t and 20 in t and name_of[run] in shown:
+            sps = 10 / (t[20] - t[10])
+            assert shown[name_of[run]][1] == f"{sps:.3f}"
+            if results.at[run, "variant"] == "baseline":
+                base.append(sps)
+    ngt = results.index[(results["variant"] == "ngt_default") & (results["status"] == "completed")][0]
+    t = {r["step"]: r["elapsed_s"] for r in records[ngt]["metrics"]}
+    assert shown[name_of[ngt]][3] == f"{10 / (t[20] - t[10]) / np.mean(base):.2f}x"
+
+
+def test_summary_seed_statistics(built, results):
+    md = (built["sweep"] / "Summary.md").read_text()
+    sec = section(md, "## 5. Seeds")
+    records = runs_by_dir(built["sweep"])
+    completed = results[results["status"] == "completed"]
+    vals = {v: np.array([_val_at(records[r], 20) for r in completed.index[completed["variant"] == v]])
+            for v in ("baseline", "ngt_default", "mass_in_value")}
+    shown = {r[0]: r for r in table_rows(sec)}
+    for variant, x in vals.items():
+        assert shown[variant][1:4] == ["2", f"{x.mean():.4f}", f"{x.std(ddof=1):.4f}"]
+    for variant in ("ngt_default", "mass_in_value"):
+        a, b = vals["baseline"], vals[variant]
+        se2 = a.var(ddof=1) / 2 + b.var(ddof=1) / 2
+        df = se2**2 / ((a.var(ddof=1) / 2) ** 2 + (b.var(ddof=1) / 2) ** 2)
+        d, half = b.mean() - a.mean(), t975(df) * math.sqrt(se2)
+        assert shown[variant][4] == f"{d:+.4f}" and shown[variant][5] == f"[{d - half:+.4f}, {d + half:+.4f}]"
+        assert shown[variant][6] == ("exceeds seed noise" if abs(d) > half else "within seed noise")
+    # the partial run has one seed in its own group: said to be directional
+    assert "One seed only, so directional: no_radius" in sec
+
+
+def test_welch_and_t_table():
+    assert [t975(1), t975(2.9), t975(30), t975(35), t975(75), t975(10_000)] == [12.706, 4.303, 2.042, 2.042, 2.0, 1.98]
+    d = welch(np.array([1.0, 1.1, 1.2, 1.05]), np.array([2.0, 2.1, 2.2, 2.05]))
+    assert d.delta == pytest.approx(1.0) and d.low < d.delta < d.high and d.beyond_noise
+    assert not welch(np.array([1.0, 2.0]), np.array([1.5, 2.5])).beyond_noise
+    assert welch(np.array([1.0]), np.array([2.0, 2.1])) is None
+
+
+def test_summary_idle_parameters_and_commands(built, results):
+    md = (built["sweep"] / "Summary.md").read_text()
+    rows = table_rows(section(md, "## 6. Idle parameters"))
+    by_run: dict[str, set] = {}
+    for r in rows:
+        by_run.setdefault(r[0], set()).add(r[1])
+    records = runs_by_dir(built["sweep"])
+    for run, r in results.iterrows():
+        params = by_run.get(r["name"], set())
+        if r["variant"] == "baseline":
+            assert not params
+        elif r["variant"] == "mass_in_value":
+            assert params == {"radius r", "beta"}
+        elif r["variant"] in ("ngt_default", "no_radius", "no_repulsion") and records[run]["metrics"]:
+            assert params == {"radius r"}
+    radius_row = next(r for r in rows if r[1] == "radius r" and r[0].startswith("ngt_default"))
+    assert "r unchanged at every evaluation" in radius_row[3] and "in all 2 layers" in radius_row[3]
+    rec = records[results.index[results["name"] == radius_row[0]][0]]
+    assert f"{rec['metrics'][-1]['ngt/L1/radius']:.4f}" in radius_row[3]
+    beta_row = next(r for r in rows if r[1] == "beta")
+    drift = max(abs(m[f"ngt/L{i}/beta_mean"]) for run in results.index[results["name"] == beta_row[0]]
+                for m in records[run]["metrics"] for i in range(2))
+    assert f"at most {drift:.1e}" in beta_row[3]
+
+    cmds = section(md, "## 7. Reproduce")
+    assert "python -m ngt.screen -m variant=baseline,ngt_default,mass_in_value seed=1,2" in cmds
+    assert "variant=no_repulsion train.lr=1e30 train.block_size=32,1000" in cmds
+    for run, r in results.iterrows():
+        assert f"  # {r['name']}" in cmds
+
+
+def test_report_md_ranking_and_ablations(built, results):
+    md = (built["sweep"] / "report.md").read_text()
+    records = runs_by_dir(built["sweep"])
+    completed = results[results["status"] == "completed"]
+    mean = {v: np.mean([_val_at(records[r], 20) for r in completed.index[completed["variant"] == v]])
+            for v in ("baseline", "ngt_default", "mass_in_value")}
+    ranking = table_rows(section(md, "## Ranking"))
+    main = [r for r in ranking if "[" not in r[1] or "seed=" in r[1]]
+    assert [float(r[2]) for r in main] == sorted(float(r[2]) for r in main)
+    rows = table_rows(section(md, "## Ablations"))
+    ngt_vs_base = next(r for r in rows if r[1].startswith("ngt_default vs baseline") and r[2] != "n/a")
+    assert ngt_vs_base[0].startswith("Does gravity attention")
+    assert ngt_vs_base[2] == f"{mean['ngt_default'] - mean['baseline']:+.4f}" and ngt_vs_base[4] == "2/2"
+    miv = next(r for r in rows if r[1].startswith("mass_in_value vs ngt_default") and r[2] != "n/a")
+    assert miv[2] == f"{mean['mass_in_value'] - mean['ngt_default']:+.4f}"
+    for other in ("bare", "soft_cutoff", "repulsion_interval_8"):
+        assert any(r[1].startswith(f"{other} vs ngt_default") and r[6] == f"missing: no run of {other}" for r in rows)
+    # no_repulsion ran (and failed): listed with why it is not compared, not dropped
+    assert any(r[1].startswith("no_repulsion vs ngt_default") and "did not reach step 20" in r[6] for r in rows)
+
+
+def test_cli_report_and_coordinates(built):
+    cli = built["cli"]
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    out = built["root"] / "cli"
+    assert (out / "results.csv").exists() and (out / "index.html").exists()
+    res = pd.read_csv(out / "results.csv")
+    assert len(res) == len(runs_by_dir(built["sweep"])) and res["run"].str.startswith("../sweep/").all()
+    pages = {p.name for p in (out / "plots").glob("*.html")}
+    assert {"losses.html", "throughput.html", "diagnostics.html"} <= pages
+    coords = sorted(p for p in pages if p.startswith("coords_"))
+    ngt_with_ckpt = res[(res["variant"] != "baseline") & res["status"].isin(["completed", "running", "failed"])
+                        & res["last_eval_step"].notna()]
+    assert len(coords) == len(ngt_with_ckpt)  # every NGT run with a checkpoint, the baseline never
+    index = (out / "index.html").read_text()
+    assert "no checkpoint" in index  # the run that failed before training, and the one never started
+
+
+def test_coordinates_from_a_checkpoint(built, results):
+    run = results.index[(results["variant"] == "mass_in_value")][0]
+    c = run_coords(built["sweep"] / run / "checkpoints" / "last.pt", ValidationSamples())
+    assert c.pcs.shape == (32, 3) and len(c.labels) == 32 and c.mass.shape == (32,) and (c.mass > 0).all()
+    assert 0 < c.explained.sum() <= 1 + 1e-9 and list(c.explained) == sorted(c.explained, reverse=True)
+    assert any("␣" in label or "↵" in label for label in c.labels)  # whitespace made visible
+    z = np.random.default_rng(0).normal(size=(50, 2))
+
+    pcs, ev = pca3(torch.from_numpy(z))  # two coordinates: the third component is empty
+    assert pcs.shape == (50, 3) and ev[2] == 0 and (pcs[:, 2] == 0).all()
+
+
+def test_cli_errors(tmp_path):
+    missing = _python("-m", "ngt.report", str(tmp_path / "nope"), cwd=tmp_path)
+    assert missing.returncode != 0 and "no such directory" in missing.stderr
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    empty = _python("-m", "ngt.report", str(tmp_path / "empty"), cwd=tmp_path)
+    assert empty.returncode != 0 and "no run directories" in empty.stderr
+    several = _python("-m", "ngt.report", str(tmp_path), str(tmp_path / "empty"), cwd=tmp_path)
+    assert several.returncode != 0 and "--out is required" in several.stderr
