@@ -49,4 +49,3 @@ def sweep_name(overrides: Iterable[str]) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ngt.dirname"):
         OmegaConf.register_new_resolver("ngt.dirname", lambda ov, *drop: dirname(ov, drop))
-        OmegaConf.register_new_resolver("ngt.sweep_name", lambda ov: sweep_name(ov))

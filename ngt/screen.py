@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import register_configs
 from ngt.errors import NGTError
-from ngt.naming import register_resolvers
+from ngt.naming import register_resolvers, sweep_name
 from ngt.rundir import RunDir
 
 log = logging.getLogger("ngt.screen")
@@ -93,12 +94,35 @@ def continue_argv(argv: list[str]) -> list[str]:
     return [*flags, *kept, *new, *where]
 
 
+def sweep_dir_argv(argv: list[str]) -> list[str]:
+    """With ``-m``, pin where the grid goes from the command line as typed: the sweep dir
+    named by every override, each run's subdir by the swept ones only.
+
+    Hydra resolves both again inside every job, where the task overrides are that job's
+    own (``variant=baseline`` rather than the grid), so the sweep dir must be a plain value
+    fixed here once; it then travels with each job, to submitit's processes too."""
+    if not {"-m", "--multirun"} & set(argv):
+        return argv
+    given = {_key(a) for a in argv if not a.startswith("-")}
+    overrides = [a for a in argv if not a.startswith("-")]
+    added = []
+    if "hydra.sweep.dir" not in given:
+        name = sweep_name(overrides).replace("\\", "\\\\").replace("'", "\\'")
+        added.append(f"hydra.sweep.dir='outputs/sweeps/{name}'")
+    if "hydra.sweep.subdir" not in given:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+        fixed = sorted({o.key_or_group.replace("/", "_") for o in parsed if not o.is_sweep_override()})
+        if fixed:
+            added.append("hydra.sweep.subdir='${ngt.dirname:${hydra.overrides.task},sweep," + ",".join(fixed) + "}'")
+    return [*argv, *added]
+
+
 def cli() -> None:
     # Hydra would print config errors over several lines with a hint about stack traces;
     # letting them through to here lets us name the problem in one line instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        sys.argv[1:] = continue_argv(sys.argv[1:])
+        sys.argv[1:] = sweep_dir_argv(continue_argv(sys.argv[1:]))
         main()
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
