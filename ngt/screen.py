@@ -70,6 +70,11 @@ def one_line(e: BaseException) -> str:
     return line
 
 
+def _quoted(value: object) -> str:
+    """A value for a Hydra override, taken literally: run names hold '=' and ','."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
@@ -88,9 +93,9 @@ def continue_argv(argv: list[str]) -> list[str]:
     new = [a for a in argv if not a.startswith("-") and a not in given]
     kept = [o for o in OmegaConf.load(saved) if _key(o) not in {_key(n) for n in new}]
     if {"-m", "--multirun"} & set(flags):
-        where = [f"hydra.sweep.dir={run.parent}", f"hydra.sweep.subdir={run.name}"]
+        where = [f"hydra.sweep.dir={_quoted(run.parent)}", f"hydra.sweep.subdir={_quoted(run.name)}"]
     else:
-        where = [f"hydra.run.dir={run}"]
+        where = [f"hydra.run.dir={_quoted(run)}"]
     return [*flags, *kept, *new, *where]
 
 
@@ -107,11 +112,10 @@ def sweep_dir_argv(argv: list[str]) -> list[str]:
     overrides = [a for a in argv if not a.startswith("-")]
     added = []
     if "hydra.sweep.dir" not in given:
-        name = sweep_name(overrides).replace("\\", "\\\\").replace("'", "\\'")
-        added.append(f"hydra.sweep.dir='outputs/sweeps/{name}'")
+        added.append(f"hydra.sweep.dir={_quoted('outputs/sweeps/' + sweep_name(overrides))}")
     if "hydra.sweep.subdir" not in given:
         parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
-        fixed = sorted({o.key_or_group.replace("/", "_") for o in parsed if not o.is_sweep_override()})
+        fixed = sorted({o.key_or_group.replace("/", "_") for o in parsed if not o.is_sweep_override()} - {"sweep"})
         if fixed:
             added.append("hydra.sweep.subdir='${ngt.dirname:${hydra.overrides.task},sweep," + ",".join(fixed) + "}'")
     return [*argv, *added]
