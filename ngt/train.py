@@ -13,15 +13,15 @@ import math
 import resource
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ngt.batches import check_fits, fixed_batches, full_pass, random_batch
+from ngt.batches import Batch, check_fits, fixed_batches, full_pass, random_batch
 from ngt.checkpoint import load_checkpoint, save_checkpoint
-from ngt.config import Config
+from ngt.config import Config, TrainConfig
 from ngt.data import TokenData, load_token_data
 from ngt.errors import NGTError
 from ngt.model import build_model, count_params, matched_params, repulsion_energy
@@ -151,6 +151,60 @@ def throughput(rows: list[dict], window: list[int], tokens_per_step: int) -> dic
     return {"window": [a, b], "steps_per_s": sps, "tokens_per_s": sps * tokens_per_step}
 
 
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+
+
+@dataclass
+class Repulsion:
+    """The repulsion term of one optimizer step (SPEC: on the last micro-batch only)."""
+
+    weight: float
+    samples: int
+    generator: torch.Generator
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the micro-batches, repulsion included
+    grad_norm: torch.Tensor
+    energy: Optional[torch.Tensor]
+    stepped: bool  # False when the loss was not finite: the parameters are left as they were
+
+
+def train_step(model, train_model, optimizer, scaler, amp_ctx, batches: list[Batch], grad_clip: float,
+               repulsion: Optional[Repulsion]) -> StepResult:
+    """One optimizer step: forward, loss, backward over ``batches`` (gradient
+    accumulation), clipping, then AdamW unless the loss is not finite.
+
+    ``train_model`` is ``model`` or its compiled wrapper; the trainer and ``ngt.bench``
+    both time exactly this function.
+    """
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    energy = None
+    for micro, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        rep_now = repulsion is not None and micro == len(batches) - 1
+        with amp_ctx:
+            logits, coords = train_model(x, want_coords=rep_now)
+            loss = causal_lm_loss(logits, y)
+            if rep_now:
+                energy = repulsion_energy(*coords, repulsion.samples, repulsion.generator)
+                loss = loss + repulsion.weight * energy
+        scaler.scale(loss / len(batches)).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    loss_value = float(loss_sum) / len(batches)
+    if not math.isfinite(loss_value):
+        return StepResult(loss_value, grad_norm, energy, stepped=False)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss_value, grad_norm, energy, stepped=True)
+
+
 def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     """Run (or continue) the run in ``run_dir``; returns its summary."""
     rd = RunDir(Path(run_dir))
@@ -181,10 +235,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.variant, vocab, device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-        weight_decay=cfg.train.weight_decay,
-    )
+    optimizer = make_optimizer(model, cfg.train)
     amp_ctx, amp_dtype = _amp(device, cfg.train.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg.data_seed)
@@ -306,34 +357,20 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with_rep = rep_every > 0 and step % rep_every == 0
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.train.grad_accum):
-                x, y = random_batch(data.train, cfg.train.batch_size, cfg.train.block_size, data_gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                rep_now = with_rep and micro == cfg.train.grad_accum - 1
-                with amp_ctx:
-                    logits, coords = train_model(x, want_coords=rep_now)
-                    loss = causal_lm_loss(logits, y)
-                    if rep_now:
-                        energy = repulsion_energy(*coords, cfg.variant.repulsion_samples, rep_gen)
-                        loss = loss + cfg.variant.repulsion_weight * energy
-                scaler.scale(loss / cfg.train.grad_accum).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            loss_value = float(loss_sum) / cfg.train.grad_accum
-            if not math.isfinite(loss_value):
+            batches = [random_batch(data.train, cfg.train.batch_size, cfg.train.block_size, data_gen)
+                       for _ in range(cfg.train.grad_accum)]
+            repulsion = Repulsion(cfg.variant.repulsion_weight, cfg.variant.repulsion_samples, rep_gen) if with_rep else None
+            result = train_step(model, train_model, optimizer, scaler, amp_ctx, batches, cfg.train.grad_clip, repulsion)
+            if not result.stepped:
                 writer.close()
-                msg = (f"loss is {loss_value} at step {step + 1}; stopped, last good checkpoint kept "
+                msg = (f"loss is {result.loss} at step {step + 1}; stopped, last good checkpoint kept "
                        f"({rd.last.name} at step {step - step % cfg.budget.checkpoint_every})")
                 finish("failed", message=msg, failed_step=step + 1)
                 raise Diverged(msg)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if rep_now:
-                last_rep = float(energy.detach())
-            last_grad_norm = float(grad_norm)
+            loss_value = result.loss
+            if with_rep:
+                last_rep = float(result.energy)
+            last_grad_norm = float(result.grad_norm)
             step += 1
             elapsed += time.perf_counter() - t0
             boundary()
