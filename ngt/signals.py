@@ -4,8 +4,10 @@ Slurm and submitit announce preemption and time limits with SIGUSR2 (submitit's
 handler requeues the job) and plain ``scancel``/``scontrol requeue`` with SIGTERM.
 Neither may interrupt a half-done optimizer step, so the handlers here only take note;
 the trainer saves its full state at the next boundary and then calls ``chain()``,
-which hands the signal to whoever handled it before (submitit: requeue) or, if nobody
-did, restores the default action and re-raises it so the process ends as signalled.
+which hands the signal to whoever handled it before (submitit's USR2 handler requeues
+the job and exits). If that handler returns, as submitit's SIGTERM one does (Slurm
+itself requeues or cancels the job), or there was none, the process ends as signalled:
+a run stopped early must never look like a finished job to the launcher.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
-                self._previous[s] = signal.signal(s, self._note)
+                if signal.getsignal(s) != signal.SIG_IGN:  # told to ignore it: keep ignoring it
+                    self._previous[s] = signal.signal(s, self._note)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -46,11 +49,11 @@ class StopRequest:
         self._previous.clear()
 
     def chain(self) -> None:
-        """Deliver the noted signal to the handler that was installed before ours."""
+        """Deliver the noted signal to the handler installed before ours; if it returns,
+        end the process with the signal's default action. Does not return."""
         signum, previous = self.signum, self._previous.get(self.signum)
         self.__exit__()
         if callable(previous):
             previous(signum, None)
-        elif previous != signal.SIG_IGN:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
