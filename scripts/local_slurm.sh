@@ -4,14 +4,18 @@
 #   scripts/local_slurm.sh start|stop|status|clean      (idempotent; default: start)
 #   source "${NGT_SLURM_BASE:-/tmp/ngt-slurm}/env.sh"    # exports SLURM_CONF for sbatch/submitit
 #
-# Everything (config, state, logs, pid files, munge key, database) lives under $BASE;
-# daemons are stopped by their own pid files. Partitions: `low` (default, preemptible:
-# PreemptMode=REQUEUE, the job gets its --signal (submitit: USR2) then GraceTime s) and
-# `high` (preempts `low`). See scripts/SLURM_NOTES.md.
+# Slurm, munge and (by default) MariaDB come from Debian's packages, installed on first
+# start. Everything else (config, state, logs, pid files, munge key, database) lives under
+# $BASE; daemons are stopped by their own pid files, never by name. Partitions: `low`
+# (default, preemptible: PreemptMode=REQUEUE, the job gets its --signal (submitit: USR2),
+# then GraceTime s) and `high` (preempts `low`).
 #
 # Env: NGT_SLURM_BASE=/tmp/ngt-slurm
-#      NGT_SLURM_ACCOUNTING=1  slurmdbd + MariaDB, so `sacct` (submitit's job-state poll) works
+#      NGT_SLURM_ACCOUNTING=1  slurmdbd + MariaDB. submitit learns that a job ended without a
+#                              result (failed, cancelled, killed) only from `sacct`; without
+#                              accounting such a job stays UNKNOWN and its sweep waits forever.
 #      NGT_SLURM_PORT=6817     slurmctld; slurmd, slurmdbd and MariaDB use the next three ports
+# Exit status: 0 done, 3 (status) not running, 4 (start) the packages cannot be installed.
 set -euo pipefail
 BASE=${NGT_SLURM_BASE:-/tmp/ngt-slurm}
 ACCT=${NGT_SLURM_ACCOUNTING:-1}
@@ -39,16 +43,16 @@ wait_for() { # SECONDS CMD...: poll CMD every 0.2 s
   done
 }
 
-stop_daemons() { # SIGTERM every daemon we started, wait for all, SIGKILL stragglers
-  local d pids=()
-  for d in "${PIDS[@]}"; do
-    if alive "${d%%:*}" "${d#*:}"; then pids+=("$(cat "$BASE/${d#*:}")"); log "stopping ${d%%:*} (pid ${pids[-1]})"; fi
+stop_daemons() { # last started first, so none loses the one it reports to while it shuts down
+  local i d p
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    d=${PIDS[i]}
+    if alive "${d%%:*}" "${d#*:}"; then
+      p=$(cat "$BASE/${d#*:}"); log "stopping ${d%%:*} (pid $p)"; kill "$p"
+      wait_for 30 test ! -e "/proc/$p" || { log "pid $p still alive: SIGKILL"; kill -9 "$p" || true; }
+    fi
+    rm -f "$BASE/${d#*:}"
   done
-  ((${#pids[@]})) && kill "${pids[@]}"
-  for d in "${pids[@]}"; do
-    wait_for 30 test ! -e "/proc/$d" || { log "pid $d still alive: SIGKILL"; kill -9 "$d" || true; }
-  done
-  for d in "${PIDS[@]}"; do rm -f "$BASE/${d#*:}"; done
 }
 
 install_packages() {
@@ -58,6 +62,7 @@ install_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
   done
   ((${#missing[@]})) || return 0
+  [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null || { log "cannot install ${missing[*]}: needs root and apt-get"; exit 4; }
   log "installing ${missing[*]} (log: $BASE/log/apt.log)"
   # Keep the packages' maintainer scripts from starting services (we start our own).
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -67,7 +72,7 @@ install_packages() {
   local apt=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
   { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update &&
     DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${missing[@]}"
-  } >"$BASE/log/apt.log" 2>&1 || { tail -20 "$BASE/log/apt.log" >&2; die "apt-get failed"; }
+  } >"$BASE/log/apt.log" 2>&1 || { tail -20 "$BASE/log/apt.log" >&2; log "apt-get failed"; exit 4; }
 }
 
 start_munge() {
@@ -179,7 +184,11 @@ EOF
   echo "export SLURM_CONF=$SLURM_CONF" >"$BASE/env.sh"
 }
 
-node_ready() { [[ $(sinfo -h -n "$NODE" -o %t) =~ ^(idle|mix|alloc)$ ]]; }
+node_ready() { # a node drained by an earlier run of the cluster (e.g. a killed slurmd) comes back
+  local state; state=$(sinfo -h -n "$NODE" -o %t)
+  [[ $state == drain* || $state == drng ]] && scontrol update NodeName="$NODE" State=RESUME
+  [[ $state =~ ^(idle|mix|alloc)$ ]]
+}
 
 do_start() {
   mkdir -p "$BASE"/{etc,log,run,state/ctld,state/d}

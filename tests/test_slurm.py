@@ -1,0 +1,98 @@
+"""A two-run sweep through a real Slurm cluster, one run preempted, one requeued mid-run.
+
+The cluster is the project's own (scripts/local_slurm.sh): started here when it is not
+up, and stopped again afterwards. Both runs must finish with the very numbers of the
+same sweep run uninterrupted on this machine.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY
+
+SCRIPT = REPO / "scripts" / "local_slurm.sh"
+NOT_INSTALLABLE = 4  # the script's exit status when Slurm's packages cannot be installed
+
+
+def cluster(action: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """The environment sbatch and submitit need: the local cluster's SLURM_CONF."""
+    was_up = cluster("status", 60).returncode == 0
+    if not was_up:
+        started = cluster("start", 900)  # a fresh machine installs the packages first (about a minute)
+        if started.returncode == NOT_INSTALLABLE:
+            pytest.skip(f"Slurm's packages cannot be installed here: {started.stderr.strip().splitlines()[-1]}")
+        assert started.returncode == 0, started.stderr
+    base = Path(os.environ.get("NGT_SLURM_BASE", "/tmp/ngt-slurm"))
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in (base / "env.sh").read_text().splitlines())
+    yield {**os.environ, **exports}
+    if not was_up:
+        cluster("stop", 120)
+
+
+def sweep_cmd(small_corpus: Path, where: Path, *extra: str) -> list[str]:
+    # One CPU thread and the CPU device in both sweeps: the same arithmetic in every process.
+    return [sys.executable, "-m", "ngt.screen", "-m", *TINY, "data=text", f"data.path={small_corpus}",
+            "variant=baseline,ngt_default", "budget.max_steps=60", "budget.eval_every=5", "budget.checkpoint_every=5",
+            "train.threads=1", "train.device=cpu", f"hydra.sweep.dir={where}", *extra]
+
+
+def run_of(sweep_dir: Path, variant: str) -> Path | None:
+    """The run directory of a variant (its name may be shortened to a hash, its overrides are not)."""
+    return next((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")
+                 if f"variant={variant}" in p.read_text()), None)
+
+
+def evaluations(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def rows(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+
+def test_preempted_and_requeued_runs_resume_to_the_same_numbers(slurm_env, small_corpus, tmp_path):
+    ref_dir, slurm_dir = tmp_path / "ref", tmp_path / "slurm"
+    reference = subprocess.Popen(sweep_cmd(small_corpus, ref_dir), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    # The node has 2 CPUs: one per job, so that both runs are on it at once.
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1"]
+    log = (tmp_path / "sweep.log").open("w")
+    sweep = subprocess.Popen(sweep_cmd(small_corpus, slurm_dir, *launcher), cwd=tmp_path, env=slurm_env,
+                             stdout=log, stderr=subprocess.STDOUT)
+
+    # Job 0 (baseline) gets what Slurm sends before a time limit or a preemption, and
+    # submitit requeues it; job 1 (ngt_default) is requeued by Slurm, which sends SIGTERM.
+    signals = {"baseline": ["scancel", "--signal=USR2"], "ngt_default": ["scontrol", "requeue"]}
+    jobs = {"baseline": 0, "ngt_default": 1}
+    deadline = time.time() + 300
+    while signals and time.time() < deadline and sweep.poll() is None:
+        for variant in list(signals):
+            job = next(slurm_dir.glob(f".submitit/*_{jobs[variant]}"), None)
+            run = run_of(slurm_dir, variant)
+            if job and run and evaluations(run) >= 3:  # two checkpoints made, far from the end
+                subprocess.run([*signals.pop(variant), job.name], env=slurm_env, check=True)
+        time.sleep(0.05)
+    assert not signals, f"no progress to interrupt in time; see {log.name}"
+
+    assert sweep.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    assert reference.wait(timeout=600) == 0
+    for variant, sent in (("baseline", "SIGUSR2"), ("ngt_default", "SIGTERM")):
+        run = run_of(slurm_dir, variant)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and 0 < summary["resumed_at_steps"][0] < 60, summary
+        assert f"after {sent}" in (run / "run.log").read_text()
+        assert rows(run) == rows(run_of(ref_dir, variant)), variant
