@@ -69,6 +69,8 @@ def parse_args(argv: Sequence[str]) -> GenerateConfig:
     values = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
+        if not sep and kinds.get(key) is bool:  # `interactive` alone reads as interactive=true
+            sep, value = "=", "true"
         if not sep:
             raise NGTError(f"arguments are key=value, got '{arg}' (python -m ngt.generate help lists them)")
         if key not in kinds:

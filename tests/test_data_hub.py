@@ -9,7 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(tempfile.gettempdir(), "ngt-tests-hf-datasets"))
 
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -17,9 +19,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
+from conftest import TINY, screen  # noqa: E402
 from ngt.config import DataConfig  # noqa: E402
-from ngt.data import BPETokenizer, load_token_data  # noqa: E402
+from ngt.data import BPETokenizer, load_token_data, tokenizer_from_json  # noqa: E402
 from ngt.data.encode_bench import wikitext_style_rows  # noqa: E402
 from ngt.data.sources import bundled_corpus_path  # noqa: E402
 from ngt.errors import NGTError  # noqa: E402
@@ -189,3 +193,23 @@ def test_error_missing_local_copy(tmp_path: Path) -> None:
 def test_error_hub_unreachable_and_not_cached(tmp_path: Path) -> None:
     cfg = hub_cfg("ngt-tests/not-a-dataset", tmp_path, hf_config="wikitext-103-raw-v1")
     expect_error(cfg, "cannot load dataset 'ngt-tests/not-a-dataset'", "wikitext-103-raw-v1", "data.path=/local/copy")
+
+
+def test_smoke_run_on_wikitext103_fixture_trains_and_evaluates(tmp_path: Path, wiki_rows: dict) -> None:
+    """The whole CLI path: data=wikitext103 pointed at a hub-shaped folder, offline."""
+    hub = tmp_path / "wikitext"
+    write_hub_dataset(hub, {"wikitext-103-raw-v1": wiki_rows})
+    overrides = [o for o in TINY if not o.startswith("train.full_val=")]
+    run = tmp_path / "run"
+    proc = screen(*overrides, "data=wikitext103", f"data.path={hub}", "data.vocab_size=512", "train.full_val=true",
+                  f"hydra.run.dir={run}", cwd=tmp_path, check=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["data"] == "wikitext103"
+    assert summary["final_step"] == summary["max_steps"] and np.isfinite(summary["val_loss_final"])
+    log = proc.stdout + proc.stderr
+    assert "full validation pass" in log
+    # Preparation reports its rates: BPE training and the encoding of each split.
+    for step in ("training BPE (vocab 512) on wikitext103 train", "encoding wikitext103 train", "encoding wikitext103 val"):
+        assert re.search(re.escape(step) + r": [\d.]+ MB in [\d.]+ s \([\d.]+ MB/s\)", log), step
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert tokenizer_from_json(state["tokenizer"]).vocab_size == 512

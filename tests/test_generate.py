@@ -91,7 +91,9 @@ def test_stream_waits_for_a_whole_character():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, small_corpus):
     out = tmp_path_factory.mktemp("gen")
-    screen(*TINY_RUN, "model.attn_impl=reference", "data=text", f"data.path={small_corpus}", f"hydra.run.dir={out / 'run'}", cwd=out, check=True)
+    # BPE, so that the run's own tokenizer (carried in its checkpoint) is not the default one.
+    screen(*TINY_RUN, "model.attn_impl=reference", "data=text", f"data.path={small_corpus}", "data.tokenizer=bpe",
+           "data.vocab_size=300", f"hydra.run.dir={out / 'run'}", cwd=out, check=True)
     return out / "run"
 
 
@@ -110,16 +112,26 @@ def test_greedy_text_same_with_and_without_cache(trained_run):
     assert "tokens/s, cached" in cached.stderr and "tokens/s, recomputed" in recomputed.stderr
 
 
-def test_samples_are_reproducible_and_interactive_reads_prompts(trained_run, capsys, monkeypatch):
-    args = [f"run={trained_run}", "checkpoint=last", "max_new_tokens=20", "top_k=5", "top_p=0.9", "num_samples=2"]
-    main([*args, "seed=3"])
+SAMPLING = ["checkpoint=last", "max_new_tokens=20", "top_k=5", "top_p=0.9", "num_samples=2"]
+
+
+def test_samples_are_reproducible(trained_run, capsys):
+    args = [f"run={trained_run}", *SAMPLING, "seed=3"]
+    main(args)
     first = capsys.readouterr().out
-    main([*args, "seed=3"])
+    main(args)
     assert capsys.readouterr().out == first and first.count("-" * 40) == 1
-    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nJULIET:\n"))
-    main([*args, "interactive=true"])
-    out = capsys.readouterr().out
-    assert out.count("ROMEO:") >= 2 and out.count("JULIET:") >= 2
+
+
+def test_interactive_reads_prompts_until_end_of_input(trained_run):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ngt.generate", f"run={trained_run}", *SAMPLING, "interactive"],
+        input="ROMEO:\n\nJULIET:\n", capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Each prompt opens both of its samples; the empty line in between is reported and skipped.
+    assert proc.stdout.count("ROMEO:") >= 2 and proc.stdout.count("JULIET:") >= 2
+    assert proc.stderr.count("tokens/s") == 4 and "error: the prompt is empty" in proc.stderr
 
 
 def test_bench_reports_both_timings(trained_run, capsys):
