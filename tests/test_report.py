@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from ngt.report.coords import ValidationSamples, pca3, run_coords
 from ngt.report.stats import t975, welch
@@ -66,11 +67,17 @@ def build_sweep(tmp_path_factory) -> dict:
     grid = _python("-m", "ngt.screen", "-m", "variant=baseline,ngt_default,mass_in_value", "seed=1,2",
                    "train.block_size=32", *common, cwd=root)
 
-    # Hydra made the directory, the trainer never started: nothing recorded but the config.
+    # One more job of the grid, variant=no_repulsion seed=1, whose directory Hydra made but
+    # whose trainer never started: nothing recorded but the config Hydra would have saved.
+    like = next(h for h in sweep.glob("*/.hydra")
+                if "- variant=ngt_default\n- seed=1\n" in (h / "overrides.yaml").read_text())
     started = sweep / "started"
     (started / ".hydra").mkdir(parents=True)
-    for name in ("config.yaml", "overrides.yaml"):
-        (started / ".hydra" / name).write_text((partial / ".hydra" / name).read_text())
+    overrides = (like / "overrides.yaml").read_text().replace("variant=ngt_default", "variant=no_repulsion")
+    config = yaml.safe_load((like / "config.yaml").read_text())
+    config["variant"].update(name="no_repulsion", repulsion_interval=0)
+    (started / ".hydra" / "overrides.yaml").write_text(overrides)
+    (started / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     # lr=1e30 diverges (a NaN loss after step 0); block 1000 is beyond the context (fails before training).
     failing = _python("-m", "ngt.screen", "-m", "variant=no_repulsion", "train.lr=1e30", "train.block_size=32,1000",
                       *common, cwd=root)
@@ -111,8 +118,9 @@ def section(md: str, heading: str) -> str:
 
 
 def table_rows(text: str) -> list[list[str]]:
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("|---")]
+    """A markdown table's cells, as a renderer reads them: a pipe escaped as \\| is text, not a border."""
+    rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
     return rows[1:]  # without the header
 
 
@@ -345,3 +353,25 @@ def test_cli_errors(tmp_path):
     assert empty.returncode != 0 and "no run directories" in empty.stderr
     several = _python("-m", "ngt.report", str(tmp_path), str(tmp_path / "empty"), cwd=tmp_path)
     assert several.returncode != 0 and "--out is required" in several.stderr
+
+
+def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
+    sweep = tmp_path / "sweep"
+    (sweep / "results.csv").mkdir(parents=True)  # a real failure of the report: its table cannot be written
+    proc = _python("-m", "ngt.screen", "-m", "variant=baseline", "train.block_size=1000", *TINY,
+                   f"data.path={small_corpus}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    (line,) = [x for x in log.splitlines() if "the report could not be written" in x]
+    assert "IsADirectoryError" in line and f"python -m ngt.report {sweep}" in line
+    assert "Traceback" not in log
+    assert "Traceback" in (sweep / "report-traceback.txt").read_text()
+    (run,) = sweep.glob("*/summary.json")  # the run itself is recorded as usual
+    assert json.loads(run.read_text())["status"] == "failed"
+
+    # Once fixed, the report of a sweep in which nothing was evaluated says so.
+    (sweep / "results.csv").rmdir()
+    again = _python("-m", "ngt.report", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0 and "1 runs (1 failed)" in again.stdout, again.stderr[-3000:]
+    summary = (sweep / "Summary.md").read_text()
+    assert "No step was evaluated by every compared run" in summary and "beyond the model's context" in summary

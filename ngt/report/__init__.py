@@ -36,8 +36,8 @@ class Report:
 def write_report(dirs: Iterable[Path], out: Path, window: Optional[list[int]] = None) -> Report:
     dirs = [Path(d) for d in dirs]
     out = Path(out)
+    sweep = load_runs(dirs, out)  # first: a mistyped directory must fail, not be created as ``out``
     out.mkdir(parents=True, exist_ok=True)
-    sweep = load_runs(dirs, out)
     a = analyse(sweep, window)
     title = dirs[0].resolve().name if len(dirs) == 1 else f"{len(dirs)} directories"
     a.results[tables.csv_columns(sweep)].to_csv(out / "results.csv", index=False)

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ngt.errors import NGTError
+
 log = logging.getLogger("ngt.report")
+TRACEBACK = "report-traceback.txt"
 
 
 class ReportCallback(Callback):
@@ -27,8 +31,12 @@ class ReportCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             report = write_report([sweep_dir], sweep_dir)
-        except Exception:  # the runs are done and saved; say how to get their report instead
-            log.exception("the report could not be written; once fixed: python -m ngt.report %s", sweep_dir)
+        except Exception as e:  # the runs are done and saved: one line on how to get their report instead
+            why = str(e) if isinstance(e, NGTError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, NGTError):  # a bug: its traceback goes beside the runs, not over the log
+                (sweep_dir / TRACEBACK).write_text(traceback.format_exc())
+                why += f" (traceback in {sweep_dir / TRACEBACK})"
+            log.error("the report could not be written: %s; once fixed: python -m ngt.report %s", why, sweep_dir)
             sys.exit(1)
         runs = report.runs
         log.info("report: %s (Summary.md, report.md, results.csv beside it)", report.pages.index)

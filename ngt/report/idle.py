@@ -53,7 +53,7 @@ def _beta(r: pd.Series, m: pd.DataFrame) -> dict | None:
         return {"parameter": "beta", "why": why, "evidence": "no beta diagnostics logged"}
     drift = m[cols].abs().to_numpy().max()
     return {"parameter": "beta", "why": why,
-            "evidence": f"|beta_mean| at most {drift:.1e} over all layers and evaluations (from 0): "
+            "evidence": f"beta_mean stays at most {drift:.1e} from its initial 0 over all layers and evaluations: "
                         "no effect on the output whatever its value"}
 
 
@@ -62,6 +62,8 @@ def idle_parameters(sweep: Sweep) -> pd.DataFrame:
     rows = []
     for run, r in sweep.runs[sweep.runs["arch"] == "ngt"].iterrows():
         m = sweep.metrics[sweep.metrics["run"] == run]
+        if m.empty:  # never evaluated: it trained nothing, so nothing in it trained for nothing
+            continue
         for found in (_radius(r, m), _beta(r, m)):
             if found:
                 rows.append({"name": r["name"], **found})

@@ -67,7 +67,7 @@ def _coords_pages(a: Analysis, out: Path, pages: Pages) -> None:
         pages.plots.append(_write(out / f"coords_{_slug(r['name'])}.html", f"coordinates: {r['name']}", c, note))
 
 
-def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure) -> None:
+def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure | None) -> None:
     links = "".join(f'<li><a href="plots/{p.name}">{html.escape(p.stem)}</a></li>' for p in pages.plots)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in pages.notes)
     cols = ["name", "status", "final_step", "max_steps", "val_loss_final", "ppl_final", "val_loss_best", "best_step",
@@ -78,7 +78,7 @@ def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure) 
             '<a href="Summary.md">Summary.md</a> · <a href="report.md">report.md</a> · '
             f'<a href="results.csv">results.csv</a></p><h2>Plots</h2><ul>{links}</ul>'
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-            + _figure(losses) + f"<h2>Runs</h2>{runs}")
+            + (_figure(losses) if losses is not None else "") + f"<h2>Runs</h2>{runs}")
     pages.index.write_text(_page(title, body, f"plots/{PLOTLY_JS}"), encoding="utf-8")
 
 
@@ -90,8 +90,12 @@ def write_pages(a: Analysis, out: Path, title: str) -> Pages:
         old.unlink()
     (plot_dir / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
     pages = Pages(index=out / "index.html")
-    losses = plots.losses(a)
-    pages.plots.append(_write(plot_dir / "losses.html", "losses", losses))
+    losses = None
+    if a.sweep.metrics.empty:
+        pages.notes.append("no loss plot: no run has been evaluated yet")
+    else:
+        losses = plots.losses(a)
+        pages.plots.append(_write(plot_dir / "losses.html", "losses", losses))
     if a.window and a.speeds["steps_per_s"].notna().any():
         pages.plots.append(_write(plot_dir / "throughput.html", "throughput", plots.throughput(a)))
     else:

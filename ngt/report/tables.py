@@ -103,7 +103,7 @@ def at_step(sweep: Sweep, res: pd.DataFrame, step: Optional[int]) -> AtStep:
     t["val_loss"] = here.reindex(t.index)
     t["ppl"] = t["val_loss"].map(perplexity)
     baseline_mean = t[t["label"] == BASELINE].groupby("group")["val_loss"].mean()
-    t["baseline"] = t["group"].map(baseline_mean)
+    t["baseline"] = t["group"].map(baseline_mean).astype(float)  # no runs compared: an empty column, still float
     t["delta"] = t["val_loss"] - t["baseline"]
     t = t.sort_values(["group", "val_loss"])
     return AtStep(step, t, base.loc[~base.index.isin(here.index)])
@@ -134,7 +134,7 @@ def throughput_table(sweep: Sweep, res: pd.DataFrame, runs: list[str], window: O
                          for x, r in zip(rates, runs)]
     t["steps_per_s"] = t["steps_per_s"].astype(float)
     base = t[t["label"] == BASELINE].groupby("group")["steps_per_s"].mean()
-    t["ratio"] = t["steps_per_s"] / t["group"].map(base)
+    t["ratio"] = t["steps_per_s"] / t["group"].map(base).astype(float)
     return t
 
 
