@@ -1,0 +1,96 @@
+"""Re-launching a sweep: completed runs are skipped, interrupted ones resume to the same numbers.
+
+Every sweep here is the same two-run grid (Hydra's basic launcher, one process), so each
+relaunch is compared number for number with one uninterrupted sweep.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, screen
+
+VARIANTS = ("baseline", "ngt_default")
+
+
+@pytest.fixture(scope="module")
+def grid(small_corpus) -> list[str]:
+    # One CPU thread: the same arithmetic in every process, whatever the machine's load.
+    return ["-m", *TINY, "data=text", f"data.path={small_corpus}", f"variant={','.join(VARIANTS)}",
+            "budget.max_steps=40", "budget.eval_every=5", "budget.checkpoint_every=5", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def reference(grid, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    screen(*grid, f"hydra.sweep.dir={out}", cwd=out, check=True)
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def interrupt(grid: list[str], where: Path, variant: str, sig: signal.Signals) -> None:
+    """Start the sweep, and send ``sig`` once ``variant``'s run has evaluated three times."""
+    proc = subprocess.Popen([sys.executable, "-m", "ngt.screen", *grid, f"hydra.sweep.dir={where}"], cwd=where.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = where / f"variant={variant}" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if progress.exists() and progress.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == -sig, "the sweep ended before it could be interrupted"
+
+
+def relaunch_and_compare(grid: list[str], where: Path, reference: Path) -> str:
+    proc = screen(*grid, f"hydra.sweep.dir={where}", cwd=where.parent, check=True)
+    for variant in VARIANTS:
+        run = where / f"variant={variant}"
+        assert summary(run)["status"] == "completed", run
+        assert metrics(run) == metrics(reference / run.name), run
+    return proc.stdout + proc.stderr
+
+
+def test_the_same_sweep_twice_skips_every_run(grid, reference):
+    before = {v: ((reference / f"variant={v}" / "metrics.jsonl").read_text(), summary(reference / f"variant={v}"))
+              for v in VARIANTS}
+    t0 = time.time()
+    output = relaunch_and_compare(grid, reference, reference)
+    assert time.time() - t0 < 30
+    assert output.count("(skipped)") == len(VARIANTS), output
+    for v, (rows, s) in before.items():
+        assert ((reference / f"variant={v}" / "metrics.jsonl").read_text(), summary(reference / f"variant={v}")) == (rows, s)
+
+
+def test_a_sweep_terminated_in_its_second_run_resumes_it_and_skips_the_first(grid, reference, tmp_path):
+    where = tmp_path / "sweep"
+    interrupt(grid, where, "ngt_default", signal.SIGTERM)
+    # SIGTERM waits for the step to end, saves it, then ends the process as signalled.
+    stopped = summary(where / "variant=ngt_default")
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["message"]
+    output = relaunch_and_compare(grid, where, reference)
+    assert output.count("(skipped)") == 1
+    assert summary(where / "variant=ngt_default")["resumed_at_steps"] == [stopped["final_step"]]
+
+
+def test_a_sweep_killed_in_its_first_run_resumes_it_and_runs_the_second(grid, reference, tmp_path):
+    where = tmp_path / "sweep"
+    interrupt(grid, where, "baseline", signal.SIGKILL)
+    assert summary(where / "variant=baseline")["status"] == "running"
+    assert not (where / "variant=ngt_default").exists()
+    relaunch_and_compare(grid, where, reference)
+    assert summary(where / "variant=baseline")["resumed_at_steps"]
+    assert summary(where / "variant=ngt_default")["resumed_at_steps"] == []
