@@ -135,6 +135,22 @@ def diagnostics(model, x, device, amp_ctx) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def project_coords(writer, model, data: TokenData, block_size: int, device, step: int) -> None:
+    """The original's TensorBoard projector of z: the last layer's coordinates for the
+    first validation window, one point per token, labelled with the token and its mass."""
+    if getattr(model, "arch", None) != "ngt":
+        return
+    n = min(block_size, len(data.val))
+    ids = torch.as_tensor(data.val[:n].astype("int64"), device=device)[None]
+    model.eval()
+    _, (z, m) = model(ids, want_coords=True)
+    model.train()
+    labels = [[data.tokenizer.token_label(i), f"{w:.4f}"] for i, w in zip(ids[0].tolist(), m[0].tolist())]
+    writer.add_embedding(z[0].float().cpu(), metadata=labels, metadata_header=["token", "mass"],
+                         global_step=step, tag="coords_z")
+
+
 def throughput(rows: list[dict], window: list[int], tokens_per_step: int) -> dict[str, Any]:
     """Steps/s between two evaluated steps: by default the first evaluation after step 0
     (compilation and warm-up excluded, as the original's 500 -> 15000) and the last."""
@@ -194,6 +210,7 @@ def train_step(model, train_model, optimizer, scaler, amp_ctx, batches: list[Bat
                 loss = loss + repulsion.weight * energy
         scaler.scale(loss / len(batches)).backward()
         loss_sum += loss.detach()
+    energy = None if energy is None else energy.detach()  # reported, not differentiated
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     loss_value = float(loss_sum) / len(batches)
@@ -396,6 +413,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
         extra["val_loss_full_tokens"] = sum(y.numel() for _, y in batches)
         log.info("full validation pass: loss %.4f over %d tokens", extra["val_loss_full"], extra["val_loss_full_tokens"])
     result = finish("completed", **extra)
+    project_coords(writer, model, data, cfg.train.block_size, device, step)
     writer.add_hparams(
         {k: v for k, v in _flat(resolved).items() if isinstance(v, (int, float, str, bool))},
         {"hparam/val_loss_final": result["val_loss_final"], "hparam/val_loss_best": result["val_loss_best"] or math.nan},

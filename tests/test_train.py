@@ -51,6 +51,7 @@ def test_run_directory_contract(reference_run):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scaler", "rng", "step", "tokenizer", "config"} <= set(state)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 40
+    assert "token\tmass" in next((run / "tb").glob("*/coords_z/metadata.tsv")).read_text()  # projector of z
     assert any((run / "tb").iterdir()) and (run / ".hydra" / "config.yaml").exists() and (run / "run.log").exists()
 
 
