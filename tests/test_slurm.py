@@ -47,12 +47,6 @@ def sweep_cmd(small_corpus: Path, where: Path, *extra: str) -> list[str]:
             "train.threads=1", "train.device=cpu", f"hydra.sweep.dir={where}", *extra]
 
 
-def run_of(sweep_dir: Path, variant: str) -> Path | None:
-    """The run directory of a variant (its name may be shortened to a hash, its overrides are not)."""
-    return next((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")
-                 if f"variant={variant}" in p.read_text()), None)
-
-
 def evaluations(run: Path) -> int:
     path = run / "metrics.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
@@ -64,35 +58,42 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_preempted_and_requeued_runs_resume_to_the_same_numbers(slurm_env, small_corpus, tmp_path):
-    ref_dir, slurm_dir = tmp_path / "ref", tmp_path / "slurm"
-    reference = subprocess.Popen(sweep_cmd(small_corpus, ref_dir), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+    ref_dir, slurm_dir, log = tmp_path / "ref", tmp_path / "slurm", tmp_path / "sweep.log"
     # The node has 2 CPUs: one per job, so that both runs are on it at once.
     launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1"]
-    log = (tmp_path / "sweep.log").open("w")
-    sweep = subprocess.Popen(sweep_cmd(small_corpus, slurm_dir, *launcher), cwd=tmp_path, env=slurm_env,
-                             stdout=log, stderr=subprocess.STDOUT)
+    with log.open("w") as out:
+        sweep = subprocess.Popen(sweep_cmd(small_corpus, slurm_dir, *launcher), cwd=tmp_path, env=slurm_env,
+                                 stdout=out, stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(sweep_cmd(small_corpus, ref_dir), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        # Job 0 (baseline) gets what Slurm sends before a time limit or a preemption, and
+        # submitit requeues it; job 1 (ngt_default) is requeued by Slurm, which sends SIGTERM.
+        signals = {"baseline": ["scancel", "--signal=USR2"], "ngt_default": ["scontrol", "requeue"]}
+        jobs = {"baseline": 0, "ngt_default": 1}
+        deadline = time.time() + 300
+        while signals and time.time() < deadline and sweep.poll() is None:
+            for variant in list(signals):
+                job = next(slurm_dir.glob(f".submitit/*_{jobs[variant]}"), None)
+                if job and evaluations(slurm_dir / f"variant={variant}") >= 3:  # two checkpoints, far from the end
+                    subprocess.run([*signals.pop(variant), job.name], env=slurm_env, check=True)
+            time.sleep(0.05)
+        assert not signals, f"no progress to interrupt in time:\n{log.read_text()[-3000:]}"
+        assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]
+        assert reference.wait(timeout=600) == 0
+    finally:  # a failed test leaves no sweep behind, nor its jobs (submitit does not cancel them)
+        if sweep.poll() is None:
+            for job in slurm_dir.glob(".submitit/*_*"):
+                subprocess.run(["scancel", job.name], env=slurm_env)
+        for proc in (sweep, reference):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
 
-    # Job 0 (baseline) gets what Slurm sends before a time limit or a preemption, and
-    # submitit requeues it; job 1 (ngt_default) is requeued by Slurm, which sends SIGTERM.
-    signals = {"baseline": ["scancel", "--signal=USR2"], "ngt_default": ["scontrol", "requeue"]}
-    jobs = {"baseline": 0, "ngt_default": 1}
-    deadline = time.time() + 300
-    while signals and time.time() < deadline and sweep.poll() is None:
-        for variant in list(signals):
-            job = next(slurm_dir.glob(f".submitit/*_{jobs[variant]}"), None)
-            run = run_of(slurm_dir, variant)
-            if job and run and evaluations(run) >= 3:  # two checkpoints made, far from the end
-                subprocess.run([*signals.pop(variant), job.name], env=slurm_env, check=True)
-        time.sleep(0.05)
-    assert not signals, f"no progress to interrupt in time; see {log.name}"
-
-    assert sweep.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
-    assert reference.wait(timeout=600) == 0
     for variant, sent in (("baseline", "SIGUSR2"), ("ngt_default", "SIGTERM")):
-        run = run_of(slurm_dir, variant)
+        run = slurm_dir / f"variant={variant}"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and 0 < summary["resumed_at_steps"][0] < 60, summary
         assert f"after {sent}" in (run / "run.log").read_text()
-        assert rows(run) == rows(run_of(ref_dir, variant)), variant
+        assert rows(run) == rows(ref_dir / run.name), variant
