@@ -139,8 +139,8 @@ def render(browser: Browser, page: Path, screenshot: Path, timeout: float = 60) 
 
 
 @pytest.fixture(scope="module")
-def report_pages(tmp_path_factory):
-    built = build_sweep(tmp_path_factory)
+def report_pages(tmp_path_factory, small_corpus):
+    built = build_sweep(tmp_path_factory, small_corpus)
     out = built["sweep"]
     pages = [out / "index.html", *sorted((out / "plots").glob("*.html"))]
     return out, pages

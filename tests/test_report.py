@@ -2,9 +2,9 @@
 seeds, a run that diverged, a run that failed before training, a run killed mid-way, and
 a run directory with nothing in it yet. Numbers are checked against metrics.jsonl."""
 
-import json
 import math
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,14 +17,16 @@ import pytest
 import torch
 import yaml
 
+import conftest
 from ngt.report.coords import ValidationSamples, pca3, run_coords
 from ngt.report.stats import t975, welch
+from ngt.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
-# Two layers, so diagnostics are per layer; a small corpus, so the full validation pass is quick;
-# the reference attention, because compiling the CPU backend would take longer than these runs.
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64",
-        "model.context=64", "model.attn_impl=reference", "train.batch_size=4", "budget=smoke", "data=text"]
+# The suite's tiny model (two layers, so diagnostics are per layer) with the full validation pass
+# that results.csv reports, the block size left to each sweep, and the reference attention,
+# because compiling the CPU backend would take longer than these runs.
+TINY = [o for o in conftest.TINY if not o.startswith(("train.block_size=", "train.full_val="))] + [
+    "model.attn_impl=reference", "data=text"]
 _BUILT: dict = {}
 
 
@@ -43,13 +45,11 @@ def _wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{metrics} never reached {n} rows")
 
 
-def build_sweep(tmp_path_factory) -> dict:
+def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     """The sweep directory, made once per session (test_pages.py uses it too)."""
     if _BUILT:
         return _BUILT
     root = tmp_path_factory.mktemp("report")
-    corpus = root / "corpus.txt"
-    corpus.write_text((REPO / "ngt" / "assets" / "shakespeare_corpus.txt").read_text()[:60_000])
     sweep = root / "sweep"
     common = [*TINY, f"data.path={corpus}", f"hydra.sweep.dir={sweep}"]
 
@@ -83,26 +83,22 @@ def build_sweep(tmp_path_factory) -> dict:
                       *common, cwd=root)
     # The CLI on the same runs, into another directory, after the callback's report.
     cli = _python("-m", "ngt.report", str(sweep), "--out", str(root / "cli"), cwd=root)
-    _BUILT.update(root=root, sweep=sweep, grid=grid, failing=failing, cli=cli, partial=partial, started=started)
+    _BUILT.update(root=root, corpus=corpus, sweep=sweep, grid=grid, failing=failing, cli=cli, partial=partial, started=started)
     return _BUILT
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    return build_sweep(tmp_path_factory)
+def built(tmp_path_factory, small_corpus):
+    return build_sweep(tmp_path_factory, small_corpus)
 
 
 def runs_by_dir(sweep: Path) -> dict[str, dict]:
-    """Each run directory's own record, read directly (not through ngt.report)."""
+    """Each run directory's own record, read through the run directory contract (not through ngt.report)."""
     out = {}
     for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
-        m = d / "metrics.jsonl"
-        s = d / "summary.json"
-        out[d.name] = {
-            "metrics": [json.loads(x) for x in m.read_text().splitlines()] if m.exists() else [],
-            "summary": json.loads(s.read_text()) if s.exists() else None,
-            "overrides": (d / ".hydra" / "overrides.yaml").read_text(),
-        }
+        rd = RunDir(d)
+        out[d.name] = {"metrics": rd.read_metrics(), "summary": rd.read_summary(),
+                       "overrides": (d / ".hydra" / "overrides.yaml").read_text()}
     return out
 
 
@@ -289,8 +285,11 @@ def test_summary_idle_parameters_and_commands(built, results):
     assert f"at most {drift:.1e}" in beta_row[3]
 
     cmds = section(md, "## 7. Reproduce")
-    assert "python -m ngt.screen -m variant=baseline,ngt_default,mass_in_value seed=1,2" in cmds
-    assert "variant=no_repulsion train.lr=1e30 train.block_size=32,1000" in cmds
+    # The sweep last launched into the directory, as typed: without what ngt.screen adds to it.
+    (sweep_cmd,) = [line for line in cmds.splitlines() if line.startswith("python -m ngt.screen -m ")]
+    typed = ["variant=no_repulsion", "train.lr=1e30", "train.block_size=32,1000", *TINY,
+             f"data.path={built['corpus']}", f"hydra.sweep.dir={built['sweep']}"]
+    assert sorted(shlex.split(sweep_cmd)[4:]) == sorted(typed)
     for run, r in results.iterrows():
         assert f"  # {r['name']}" in cmds
 
@@ -367,7 +366,7 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
     assert "Traceback" not in log
     assert "Traceback" in (sweep / "report-traceback.txt").read_text()
     (run,) = sweep.glob("*/summary.json")  # the run itself is recorded as usual
-    assert json.loads(run.read_text())["status"] == "failed"
+    assert RunDir(run.parent).read_summary()["status"] == "failed"
 
     # Once fixed, the report of a sweep in which nothing was evaluated says so.
     (sweep / "results.csv").rmdir()

@@ -19,6 +19,7 @@ import yaml
 
 from ngt.errors import NGTError
 from ngt.rundir import METRICS, SUMMARY, RunDir
+from ngt.screen import sweep_dir_argv
 
 # Overrides that pick what a run is (its label) and which replicate it is (its seed);
 # every other override puts the run in a group, and runs are compared within a group.
@@ -31,7 +32,7 @@ class Sweep:
     runs: pd.DataFrame  # index: run id (path relative to the report); see ``load_runs``
     metrics: pd.DataFrame  # one row per evaluation: run, step, train/loss, val/loss, ...
     override_keys: list[str]  # the override columns of ``runs``, in first-seen order
-    sweep_commands: list[str]  # ``python -m ngt.screen -m ...`` for each sweep found
+    sweep_commands: list[str]  # ``python -m ngt.screen -m ...``, the last launch into each sweep directory
 
 
 def is_run_dir(path: Path) -> bool:
@@ -130,13 +131,15 @@ def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[s
 
 
 def _sweep_command(sweep_dir: Path) -> str | None:
-    """The command that launched the sweep, from the multirun.yaml Hydra leaves in its directory."""
+    """The command that last launched a sweep into ``sweep_dir``, from the multirun.yaml Hydra
+    writes there (each launch replaces it), as typed: without what ``ngt.screen`` adds itself."""
     saved = _yaml(sweep_dir / "multirun.yaml") or {}
     overrides = saved.get("hydra", {}).get("overrides", {})
     task, hydra = overrides.get("task"), overrides.get("hydra") or []
     if task is None:
         return None
-    args = [*task, *(h for h in hydra if not h.startswith("hydra.mode="))]
+    implied = {"hydra.mode=MULTIRUN", *sweep_dir_argv(["-m", *task])[len(task) + 1:]}
+    args = [*task, *(h for h in hydra if h not in implied)]
     return "python -m ngt.screen -m " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -161,7 +164,8 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
     """Read every run under ``paths``; run ids are paths relative to ``root`` (where the report goes)."""
     paths = [Path(p) for p in paths]
     rows, metric_frames, items_per_run = [], [], []
-    for path in find_run_dirs(paths):
+    found = find_run_dirs(paths)
+    for path in found:
         row, metrics, items = _run_row(path, root)
         rows.append(row)
         items_per_run.append(items)
@@ -192,7 +196,8 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
     for col in metrics.columns:
         if col != "run":
             metrics[col] = pd.to_numeric(metrics[col], errors="coerce")  # null (diverged) -> NaN
-    commands = sorted({c for p in paths for c in [_sweep_command(p)] if c})
+    # A sweep's multirun.yaml sits beside its runs, also when a parent of several sweeps was given.
+    commands = sorted({c for d in {*paths, *(p.parent for p in found)} for c in [_sweep_command(d)] if c})
     return Sweep(runs, metrics, override_keys, commands)
 
 

@@ -106,7 +106,8 @@ def idle(a: Analysis) -> str:
 def commands(a: Analysis) -> str:
     out = ["## 7. Reproduce\n"]
     if a.sweep.sweep_commands:
-        out.append("The sweep (completed runs are skipped, interrupted ones resume):\n")
+        out.append("The sweep, as last launched into its directory (Hydra keeps one multirun.yaml per directory; "
+                   "run again, it skips completed runs and resumes interrupted ones):\n")
         out += [f"```bash\n{c}\n```\n" for c in a.sweep.sweep_commands]
     out.append("Each run alone (writes `outputs/runs/<overrides>/`; add `hydra.run.dir=DIR` to choose):\n")
     out.append("```bash")
