@@ -371,6 +371,6 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
     # Once fixed, the report of a sweep in which nothing was evaluated says so.
     (sweep / "results.csv").rmdir()
     again = _python("-m", "ngt.report", str(sweep), cwd=tmp_path)
-    assert again.returncode == 0 and "1 runs (1 failed)" in again.stdout, again.stderr[-3000:]
+    assert again.returncode == 0 and "1 run (1 failed)" in again.stdout, again.stderr[-3000:]
     summary = (sweep / "Summary.md").read_text()
     assert "No step was evaluated by every compared run" in summary and "beyond the model's context" in summary

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{n} {s}" for s, n in report.runs["status"].value_counts().items())
-    print(f"{len(report.runs)} runs ({counts}); report in {report.out}:\n"
+    n = len(report.runs)
+    print(f"{n} run{'s' if n != 1 else ''} ({counts}); report in {report.out}:\n"
           f"  {report.out / 'index.html'}\n  {report.out / 'Summary.md'}\n  {report.out / 'report.md'}\n"
           f"  {report.out / 'results.csv'}")
     return 0
