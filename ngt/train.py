@@ -403,8 +403,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
                 writer.close()
                 finish("interrupted", message=f"stopped by {stop.signal_name} at step {step}; resumes from {rd.last}")
                 log.info("saved %s at step %d after %s", rd.last, step, stop.signal_name)
-                stop.chain()
-                return summary
+                stop.chain()  # never returns: the process ends as signalled (or submitit requeues it)
 
     extra: dict[str, Any] = {}
     if cfg.train.full_val:

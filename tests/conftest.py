@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated cache, offline hub access, and a tiny CLI runner."""
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,13 @@ def small_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text(text)
     return path
+
+
+def numbers(run: Path) -> list[dict]:
+    """A run's evaluations without the wall clock (elapsed_s): what must match, number for
+    number, between a run and its interrupted-and-resumed twin."""
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def screen(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, numbers
 
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 NOT_INSTALLABLE = 4  # the script's exit status when Slurm's packages cannot be installed
@@ -50,11 +50,6 @@ def sweep_cmd(small_corpus: Path, where: Path, *extra: str) -> list[str]:
 def evaluations(run: Path) -> int:
     path = run / "metrics.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
-
-
-def rows(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
 
 
 def test_preempted_and_requeued_runs_resume_to_the_same_numbers(slurm_env, small_corpus, tmp_path):
@@ -96,4 +91,4 @@ def test_preempted_and_requeued_runs_resume_to_the_same_numbers(slurm_env, small
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and 0 < summary["resumed_at_steps"][0] < 60, summary
         assert f"after {sent}" in (run / "run.log").read_text()
-        assert rows(run) == rows(ref_dir / run.name), variant
+        assert numbers(run) == numbers(ref_dir / run.name), variant

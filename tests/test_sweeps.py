@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, screen
+from conftest import TINY, numbers, screen
 
 VARIANTS = ("baseline", "ngt_default")
 
@@ -30,11 +30,6 @@ def reference(grid, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     screen(*grid, f"hydra.sweep.dir={out}", cwd=out, check=True)
     return out
-
-
-def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def summary(run: Path) -> dict:
@@ -60,7 +55,7 @@ def relaunch_and_compare(grid: list[str], where: Path, reference: Path) -> str:
     for variant in VARIANTS:
         run = where / f"variant={variant}"
         assert summary(run)["status"] == "completed", run
-        assert metrics(run) == metrics(reference / run.name), run
+        assert numbers(run) == numbers(reference / run.name), run
     return proc.stdout + proc.stderr
 
 

@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, screen
-
-TIMING = {"elapsed_s"}
-
+from conftest import TINY, numbers, screen
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ def test_run_directory_contract(reference_run):
 def test_same_seeds_same_numbers(reference_run, tmp_path):
     args, ref = reference_run
     screen(*args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
-    assert without_timing(metrics(tmp_path / "again")) == without_timing(metrics(ref))
+    assert numbers(tmp_path / "again") == numbers(ref)
 
 
 def test_sigkill_at_a_random_step_then_resume_is_the_same_run(reference_run, tmp_path):
@@ -78,7 +71,7 @@ def test_sigkill_at_a_random_step_then_resume_is_the_same_run(reference_run, tmp
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_at_steps"]
-    assert without_timing(metrics(run)) == without_timing(metrics(ref))
+    assert numbers(run) == numbers(ref)
 
 
 def test_relaunching_a_completed_run_skips_it(reference_run):
