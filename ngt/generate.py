@@ -191,11 +191,14 @@ def bench(cfg: GenerateConfig, loaded: Loaded) -> None:
         generate(Decoder(loaded.model, use_cache), ids, min(n, 8), greedy, gen)
     ms: dict[bool, list[float]] = {True: [], False: []}
     tokens: dict[bool, list[int]] = {}
-    for _ in range(cfg.bench_repeats):
+    for k in range(cfg.bench_repeats):
         for use_cache in (True, False):
             t0 = time.perf_counter()
             tokens[use_cache] = generate(Decoder(loaded.model, use_cache), ids, n, greedy, gen)
             ms[use_cache].append((time.perf_counter() - t0) * 1000 / max(n, 1))
+        # Recomputation takes minutes on a busy CPU: show that the benchmark is moving.
+        print(f"run {k + 1}/{cfg.bench_repeats}: cached {ms[True][-1]:.2f}, recompute {ms[False][-1]:.2f} ms/token",
+              file=sys.stderr)
     device = next(loaded.model.parameters()).device
     print(f"bench: {loaded.variant} ({loaded.model_name}, context {context}), {n} new tokens after a "
           f"{len(ids)}-token prompt, greedy, {device}, {torch.get_num_threads()} threads")

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ngt.model.gravity import GravitySwitches, gravity_scores, score_dtype, squared_distances
+from ngt.model.gravity import GravitySwitches, gravity_scores, score_dtype
 
 
 class LayerCache:
@@ -67,9 +67,13 @@ def cached_gravity_attention(
     T, L = cache.length, zq.shape[-2]
     if sw.mass == "value":  # the reference scales V_j by m_j before A @ V: keep V already scaled
         v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
-    zk, vk, mk = cache.extend(zq, v, m.unsqueeze(1))
     f = score_dtype(zq)
-    d2 = squared_distances(zq.to(f), zk.to(f))
+    zq = zq.to(f)
+    # |z|^2 is kept with each key, so a step computes it for the new rows only; the rest of
+    # squared_distances' |q|^2 + |k|^2 - 2 q.k is one matmul against the cached keys.
+    sq = zq.pow(2).sum(-1, keepdim=True)
+    zk, sk, vk, mk = cache.extend(zq, sq, v, m.unsqueeze(1))
+    d2 = torch.add(sq + sk.mT, zq @ zk.mT, alpha=-2.0).clamp_min_(0.0)
     score = gravity_scores(d2, m.to(f), gamma.to(f), beta.to(f), r.to(f), sw, m_keys=mk.squeeze(1).to(f))
     mask = causal_mask(T, L, zq.device)
     if mask is not None:
