@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str]) -> GenerateConfig:
 
 
 def usage() -> str:
-    lines = ['usage: python -m ngt.generate run=<run dir or checkpoint> [prompt="..."] [key=value ...]', ""]
+    lines = ['usage: python -m ngt.generate run=<run dir or checkpoint> [prompt="..."] [key=value ...]',
+             "       (a true/false option alone, such as interactive, means option=true)", ""]
     for f in fields(GenerateConfig):
         lines.append(f"  {f.name + '=' + repr(f.default):<24} {f.metadata['help']}")
     return "\n".join(lines)
