@@ -1,0 +1,287 @@
+"""``python -m ngt.bench``: how long one training step takes, and how much memory it needs.
+
+A step is ``ngt.train.train_step``, the trainer's own: forward, cross-entropy plus
+repulsion (on each variant's schedule), backward, clipping, AdamW. Every variant is
+built from the suite's configs (``conf/``) and warmed up (compilation included), then
+the variants take turns, one step each, ``--steps`` times: a machine that gets busier
+or quieter midway slows every variant alike, so the ratios to the baseline stay fair.
+The table shows the median step; ``bench.json`` keeps it with the setting it ran in.
+
+Peak memory is what one step holds at its highest: the model's parameters and AdamW
+state plus the most torch allocated above that during the step. CUDA reads it from
+the caching allocator's statistics; on CPU it is summed from the allocation events of
+torch's profiler (the process's RSS would count freed memory malloc keeps, and
+tracemalloc does not see torch's allocator at all).
+
+    python -m ngt.bench                        # CPU target: d256, 4 layers, block 256, batch 8
+    python -m ngt.bench --model tiny
+    python -m ngt.bench --model w3_25m --block 512 --batch 16 --variants baseline,ngt_default
+    python -m ngt.bench --context-sweep --variants baseline,ngt_default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ngt.config import Config, register_configs
+from ngt.model import build_model, count_params
+from ngt.model.gravity import resolve_backend
+from ngt.naming import register_resolvers
+from ngt.train import Repulsion, _amp, make_optimizer, pick_device, train_step
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+VARIANTS = ("baseline", "ngt_default", "mass_in_value", "no_repulsion", "repulsion_interval_8", "no_radius",
+            "soft_cutoff", "bare")
+
+
+@dataclass
+class Size:
+    model: str  # a conf/model group file
+    overrides: list[str]
+    batch: int
+    block: int
+    vocab: int
+
+
+# The CPU target of issue 5 ("small": the tiny file widened to d256) and the two shipped
+# sizes at the setting each trains in: tiny with the bundled corpus' 75 characters, w3_25m
+# with SPEC's BPE-8192 recipe.
+SIZES = {
+    "small": Size("tiny", ["model.d_model=256", "model.n_heads=8", "model.coord_dim=64", "model.mlp_dim=1024"],
+                  8, 256, 8192),
+    "tiny": Size("tiny", [], 16, 128, 75),
+    "w3_25m": Size("w3_25m", [], 16, 512, 8192),
+}
+
+
+def compose_config(size: Size, variant: str, extra: list[str]) -> Config:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        node = compose(config_name="config", overrides=[f"model={size.model}", f"variant={variant}", *size.overrides,
+                                                         f"train.batch_size={size.batch}",
+                                                         f"train.block_size={size.block}", *extra])
+    cfg = OmegaConf.to_object(node)
+    # Learned positions need a row per position: longer blocks widen the table.
+    cfg.model.context = max(cfg.model.context, size.block)
+    return cfg
+
+
+@dataclass
+class Runner:
+    """One variant's model, optimizer and step counter: what ``train`` holds for a run."""
+
+    name: str
+    cfg: Config
+    device: torch.device
+    vocab: int
+    model: torch.nn.Module = field(init=False)
+    times_ms: list[float] = field(default_factory=list)
+    step: int = 0
+
+    def __post_init__(self):
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
+        self.optimizer = make_optimizer(self.model, self.cfg.train)
+        self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.rep_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        t = self.cfg.train
+        g = torch.Generator().manual_seed(self.cfg.data_seed)
+        ids = torch.randint(self.vocab, (t.batch_size, t.block_size + 1), generator=g)
+        self.batch = (ids[:, :-1], ids[:, 1:])
+
+    @property
+    def attn(self) -> str:
+        if self.cfg.variant.arch != "ngt":
+            return "sdpa"
+        return resolve_backend(self.cfg.model.attn_impl, self.device)
+
+    def run_step(self) -> None:
+        v = self.cfg.variant
+        every = v.repulsion_interval if v.arch == "ngt" else 0
+        rep = Repulsion(v.repulsion_weight, v.repulsion_samples, self.rep_gen) if every and self.step % every == 0 else None
+        result = train_step(self.model, self.model, self.optimizer, self.scaler, self.amp_ctx, [self.batch],
+                            self.cfg.train.grad_clip, rep)
+        if not result.stepped:
+            raise RuntimeError(f"{self.name}: loss {result.loss} is not finite")
+        self.step += 1
+
+    def timed_step(self) -> None:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.run_step()
+        _sync(self.device)
+        self.times_ms.append(1000 * (time.perf_counter() - t0))
+
+    def static_bytes(self) -> int:
+        """Parameters and AdamW moments: held for the whole run, not only during a step."""
+        tensors = {id(p): p for p in self.model.parameters()}
+        for state in self.optimizer.state.values():
+            tensors.update((id(t), t) for t in state.values() if torch.is_tensor(t))
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def peak_memory_mb(self) -> float:
+        with _allocation_peak(self.device) as peak:
+            self.run_step()
+        return (self.static_bytes() + peak[0]) / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
+    """Yields a one-item list that holds, on exit, the most bytes allocated above the
+    amount allocated on entry."""
+    out = [0]
+    if device.type == "cuda":
+        _sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        _sync(device)
+        out[0] = torch.cuda.max_memory_allocated(device) - start
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield out
+    # Each "[memory]" event is one allocation (+bytes) or free (-bytes) of torch's CPU allocator.
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = 0
+    for e in events:
+        held += e.nbytes()
+        out[0] = max(out[0], held)
+
+
+def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True) -> list[dict[str, Any]]:
+    for r in runners:
+        for _ in range(warmup):
+            r.run_step()
+    for _ in range(steps):
+        for r in runners:
+            r.timed_step()
+    rows = []
+    for r in runners:
+        t = r.cfg.train
+        ms = statistics.median(r.times_ms)
+        rows.append({
+            "variant": r.name, "arch": r.cfg.variant.arch, "attn": r.attn, "params": count_params(r.model),
+            "batch": t.batch_size, "block": t.block_size, "ms_per_step": ms,
+            "ms_min": min(r.times_ms), "ms_max": max(r.times_ms),
+            "tokens_per_s": t.batch_size * t.block_size / (ms / 1000),
+            "peak_memory_mb": r.peak_memory_mb() if memory else None,
+        })
+    base = next((row["ms_per_step"] for row in rows if row["arch"] == "baseline"), None)
+    for row in rows:
+        row["ratio_to_baseline"] = row["ms_per_step"] / base if base else None
+    return rows
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "memory" in str(err).lower()
+
+
+def context_sweep(size: Size, variants: list[str], extra: list[str], device, args) -> list[dict[str, Any]]:
+    """Each variant alone at L = 256, 512, ... up to --max-context or its first out-of-memory."""
+    rows = []
+    for name in variants:
+        L = 256
+        while L <= args.max_context:
+            sized = Size(size.model, size.overrides, size.batch, L, size.vocab)
+            try:
+                runner = Runner(name, compose_config(sized, name, extra), device, size.vocab)
+                row = measure([runner], args.sweep_steps, args.warmup)[0]
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                if not _is_oom(err):
+                    raise
+                rows.append({"variant": name, "block": L, "oom": True, "error": str(err).splitlines()[0][:200]})
+                print(f"{name:22s} L={L:5d}  out of memory")
+                break
+            finally:
+                runner = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(f"{name:22s} L={L:5d}  {row['ms_per_step']:9.1f} ms  {row['peak_memory_mb']:9.0f} MB")
+            L *= 2
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'variant':22s} {'attn':9s} {'ms/step':>9s} {'(min-max)':>15s} {'tokens/s':>10s} {'peak MB':>9s} {'x base':>7s}")
+    for r in rows:
+        ratio = f"{r['ratio_to_baseline']:.2f}" if r["ratio_to_baseline"] else "-"
+        spread = f"{r['ms_min']:.0f}-{r['ms_max']:.0f}"
+        mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-"
+        print(f"{r['variant']:22s} {r['attn']:9s} {r['ms_per_step']:9.1f} {spread:>15s} {r['tokens_per_s']:10.0f} "
+              f"{mem:>9s} {ratio:>7s}")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ngt.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(SIZES), default="small",
+                   help="small (default): d256, 4 layers, vocab 8192, block 256, batch 8")
+    p.add_argument("--batch", type=int, help="batch size (default: the size's)")
+    p.add_argument("--block", type=int, help="context length of a batch (default: the size's)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the size's)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated conf/variant names")
+    p.add_argument("--impl", default="auto", help="model.attn_impl for the NGT variants")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2; 0 = torch's default)")
+    p.add_argument("--context-sweep", action="store_true", help="time and memory at L = 256, 512, ... instead")
+    p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--sweep-steps", type=int, default=3)
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    register_configs()
+    register_resolvers()
+    device = pick_device(args.device)
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    base = SIZES[args.model]
+    size = Size(base.model, base.overrides, args.batch or base.batch, args.block or base.block, args.vocab or base.vocab)
+    extra = [f"model.attn_impl={args.impl}", *args.overrides]
+    variants = [v for v in args.variants.split(",") if v]
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "size": args.model, "config": asdict(size), "overrides": extra, "steps": args.steps, "warmup": args.warmup,
+        "memory": "cuda max_memory_allocated" if device.type == "cuda" else "torch profiler allocation events",
+    }
+    print(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads, {args.model} "
+          f"batch {size.batch} block {size.block} vocab {size.vocab}")
+    if args.context_sweep:
+        report["context_sweep"] = context_sweep(size, variants, extra, device, args)
+    else:
+        runners = [Runner(v, compose_config(size, v, extra), device, size.vocab) for v in variants]
+        report["variants"] = measure(runners, args.steps, args.warmup)
+        print_table(report["variants"])
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
