@@ -40,6 +40,19 @@ def numbers(run: Path) -> list[dict]:
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def expect_data_error(cfg, *fragments: str) -> None:
+    """Loading ``cfg`` fails with one line holding every fragment."""
+    from ngt.data import load_token_data
+    from ngt.errors import NGTError
+
+    with pytest.raises(NGTError) as info:
+        load_token_data(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
 def screen(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m ngt.screen`` as a user would, in ``cwd``."""
     proc = subprocess.run([sys.executable, "-m", "ngt.screen", *args], cwd=cwd, capture_output=True, text=True,

@@ -21,12 +21,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import TINY, screen  # noqa: E402
+from conftest import TINY, expect_data_error, screen  # noqa: E402
 from ngt.config import DataConfig  # noqa: E402
 from ngt.data import BPETokenizer, load_token_data, tokenizer_from_json  # noqa: E402
 from ngt.data.encode_bench import wikitext_style_rows  # noqa: E402
 from ngt.data.sources import bundled_corpus_path  # noqa: E402
-from ngt.errors import NGTError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "wikitext-2-raw-v1"
@@ -160,39 +159,30 @@ def test_two_processes_prepare_the_same_data_at_once(hub: Path, tmp_path: Path) 
     assert not list(tmp_path.rglob("*.tmp-*"))
 
 
-def expect_error(cfg: DataConfig, *fragments: str) -> None:
-    with pytest.raises(NGTError) as info:
-        load_token_data(cfg)
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
-
-
 def test_error_wrong_config_name(hub: Path, tmp_path: Path) -> None:
-    expect_error(hub_cfg(hub, tmp_path, hf_config="wikitext-3-raw"), "data.hf_config='wikitext-3-raw'", CONFIG)
+    expect_data_error(hub_cfg(hub, tmp_path, hf_config="wikitext-3-raw"), "data.hf_config='wikitext-3-raw'", CONFIG)
 
 
 def test_error_config_name_missing(hub: Path, tmp_path: Path) -> None:
-    expect_error(hub_cfg(hub, tmp_path, hf_config=None), "set data.hf_config", CONFIG)
+    expect_data_error(hub_cfg(hub, tmp_path, hf_config=None), "set data.hf_config", CONFIG)
 
 
 def test_error_empty_split(hub: Path, tmp_path: Path) -> None:
-    expect_error(hub_cfg(hub, tmp_path, hf_config="empty-validation"), "val split", "is empty")
+    expect_data_error(hub_cfg(hub, tmp_path, hf_config="empty-validation"), "val split", "is empty")
 
 
 def test_error_missing_split(hub: Path, tmp_path: Path) -> None:
-    expect_error(hub_cfg(hub, tmp_path, hf_config="no-validation"), "no 'validation' split", "train")
+    expect_data_error(hub_cfg(hub, tmp_path, hf_config="no-validation"), "no 'validation' split", "train")
 
 
 def test_error_missing_local_copy(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "wikitext"
-    expect_error(hub_cfg(missing, tmp_path), "dataset folder not found", str(missing), "data.path")
+    expect_data_error(hub_cfg(missing, tmp_path), "dataset folder not found", str(missing), "data.path")
 
 
 def test_error_hub_unreachable_and_not_cached(tmp_path: Path) -> None:
     cfg = hub_cfg("ngt-tests/not-a-dataset", tmp_path, hf_config="wikitext-103-raw-v1")
-    expect_error(cfg, "cannot load dataset 'ngt-tests/not-a-dataset'", "wikitext-103-raw-v1", "data.path=/local/copy")
+    expect_data_error(cfg, "cannot load dataset 'ngt-tests/not-a-dataset'", "wikitext-103-raw-v1", "data.path=/local/copy")
 
 
 def test_smoke_run_on_wikitext103_fixture_trains_and_evaluates(tmp_path: Path, wiki_rows: dict) -> None:

@@ -10,11 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import expect_data_error
 from ngt.config import DataConfig, register_configs
 from ngt.data import CharTokenizer, load_token_data
 from ngt.data.corpus import split_at_newline
 from ngt.data.sources import SOURCES, bundled_corpus_path
-from ngt.errors import NGTError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_SHA256 = "c24e4489c8ce8ac211d49a3b3cec36f3845b4ba9334a75d4d01151c4d3968064"
@@ -160,38 +160,29 @@ def test_data_configs_compose_against_the_schema(name: str) -> None:
         assert data.path == "Salesforce/wikitext" and data.hf_config.endswith("-raw-v1") and data.vocab_size == 8192
 
 
-def expect_error(cfg: DataConfig, *fragments: str) -> None:
-    with pytest.raises(NGTError) as info:
-        load_token_data(cfg)
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
-
-
 def test_error_missing_corpus_file(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "corpus.txt"
     cfg = DataConfig(source="text", path=str(missing), cache_dir=str(tmp_path))
-    expect_error(cfg, "corpus file not found", str(missing))
+    expect_data_error(cfg, "corpus file not found", str(missing))
 
 
 def test_error_text_source_without_path(tmp_path: Path) -> None:
-    expect_error(DataConfig(name="text", source="text", cache_dir=str(tmp_path)), "data.source=text needs data.path")
+    expect_data_error(DataConfig(name="text", source="text", cache_dir=str(tmp_path)), "data.source=text needs data.path")
 
 
 def test_error_folder_without_text_files(tmp_path: Path) -> None:
-    expect_error(DataConfig(source="text", path=str(tmp_path), cache_dir=str(tmp_path)), "no .txt files", str(tmp_path))
+    expect_data_error(DataConfig(source="text", path=str(tmp_path), cache_dir=str(tmp_path)), "no .txt files", str(tmp_path))
 
 
 def test_error_empty_corpus(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("\n\n")
-    expect_error(DataConfig(source="text", path=str(tmp_path / "empty.txt"), cache_dir=str(tmp_path)), "is empty")
+    expect_data_error(DataConfig(source="text", path=str(tmp_path / "empty.txt"), cache_dir=str(tmp_path)), "is empty")
 
 
 def test_error_corpus_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
     cfg = DataConfig(source="text", path=str(tmp_path / "latin1.txt"), cache_dir=str(tmp_path))
-    expect_error(cfg, "not UTF-8", "latin1.txt")
+    expect_data_error(cfg, "not UTF-8", "latin1.txt")
 
 
 @pytest.mark.parametrize(
@@ -204,18 +195,18 @@ def test_error_corpus_not_utf8(tmp_path: Path) -> None:
     ],
 )
 def test_error_bad_options(tmp_path: Path, override: dict, fragments: tuple[str, ...]) -> None:
-    expect_error(DataConfig(cache_dir=str(tmp_path), **override), *fragments)
+    expect_data_error(DataConfig(cache_dir=str(tmp_path), **override), *fragments)
 
 
 def test_error_url_offline_suggests_a_local_copy(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9/input.txt"  # the discard port: refused at once, as when offline
     cfg = DataConfig(source="url", path=url, cache_dir=str(tmp_path))
-    expect_error(cfg, f"cannot download {url}", "offline", "data=text data.path=")
+    expect_data_error(cfg, f"cannot download {url}", "offline", "data=text data.path=")
 
 
 def test_error_download_checksum_mismatch(tmp_path: Path) -> None:
     cfg = DataConfig(source="url", path=bundled_corpus_path().as_uri(), sha256="0" * 64, cache_dir=str(tmp_path))
-    expect_error(cfg, "has sha256 " + BUNDLED_SHA256, "expected " + "0" * 64)
+    expect_data_error(cfg, "has sha256 " + BUNDLED_SHA256, "expected " + "0" * 64)
     assert not [p for p in (tmp_path / "downloads").iterdir() if not p.name.endswith(".lock")]
 
 
@@ -225,6 +216,6 @@ def test_error_unwritable_cache(tmp_path: Path) -> None:
     tmp_path.chmod(0o500)
     try:
         cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
-        expect_error(cfg, "cannot write to the cache directory", "data.cache_dir")
+        expect_data_error(cfg, "cannot write to the cache directory", "data.cache_dir")
     finally:
         tmp_path.chmod(0o700)
