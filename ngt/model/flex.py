@@ -4,7 +4,8 @@ FlexAttention computes ``q . k`` blockwise and hands every score to a ``score_mo
 Appending two columns turns that dot product into the squared distance itself:
 ``q' = [z, |z|^2, 1]`` and ``k' = [-2 z, 1, |z|^2]`` give ``q'_i . k'_j = ||z_i - z_j||^2``,
 so ``score_mod`` applies the rest of SPEC's score: ``-gamma / (d2 + eps) + beta``, the
-masses and the radius, from tensors it captures. Autograd through ``score_mod`` gives
+masses and the radius, from tensors it captures (gamma and beta as per-row tables, see
+``_gravity_flex``). Autograd through ``score_mod`` gives
 gamma, beta, the masses and (soft cutoff) the radius their gradients; the causal mask
 is a BlockMask, so blocks above the diagonal are skipped, not computed and discarded.
 
@@ -75,8 +76,14 @@ def causal_block_mask(L: int, copies: int, device: str) -> BlockMask:
     return create_block_mask(_causal(L), None, None, L, copies * L, device=device)
 
 
-def _gravity_flex(q, k, v, block_mask, m, gamma, beta, r2, seed, sw: GravitySwitches, p: float):
-    """One FlexAttention call; ``score`` arrives as the squared distance."""
+def _gravity_flex(q, k, v, block_mask, a, c, m_keys, r2, seed, sw: GravitySwitches, p: float):
+    """One FlexAttention call; ``score`` arrives as the squared distance.
+
+    ``a``, ``c`` and ``r2`` (B, H, L) are gamma and beta times the query's mass (or 1) and
+    the squared radius, per query row: tables rather than per-head scalars because
+    FlexAttention returns a captured tensor's gradient by atomic adds, one per score,
+    and a (H,) or scalar tensor would funnel every score of a head into one address.
+    """
     H, L = q.shape[1], q.shape[2]
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -84,16 +91,16 @@ def _gravity_flex(q, k, v, block_mask, m, gamma, beta, r2, seed, sw: GravitySwit
         d2 = torch.clamp_min(score, 0.0)  # as squared_distances: cancellation leaves tiny negatives
         if sw.use_rsqrt:
             inv = torch.rsqrt(d2 + EPS)
-            s = -gamma[h] * inv * inv
+            s = -a[b, h, q_idx] * inv * inv
         else:
-            s = -gamma[h] / (d2 + EPS)
-        s = s + beta[h]
+            s = -a[b, h, q_idx] / (d2 + EPS)
+        s = s + c[b, h, q_idx]
         if sw.mass == "scores":
-            s = s * (m[b, q_idx] * m[b, j])
+            s = s * m_keys[b, j]
         if sw.radius == "hard":
-            s = torch.where(d2 > r2, -float("inf"), s)
+            s = torch.where(d2 > r2[b, h, q_idx], -float("inf"), s)
         elif sw.radius == "soft":
-            s = s * torch.relu(1.0 - d2 / r2)
+            s = s * torch.relu(1.0 - d2 / r2[b, h, q_idx])
         if p > 0:
             keep = dropout_keep(seed, b, h, q_idx, j, H, L, p)
             s = torch.where(keep == (kv_idx < L), s, -float("inf"))
@@ -132,8 +139,6 @@ def flex_gravity_attention(
     vv = v.to(f)
     if sw.mass == "value":
         vv = vv * m.to(f).unsqueeze(1).unsqueeze(-1)
-    # The hard cutoff has no gradient (SPEC): detaching skips a useless gradient scatter.
-    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2
     copies = 2 if dropout_p > 0 else 1
     if copies == 2:
         k = torch.cat([k, k], dim=2)
@@ -143,7 +148,13 @@ def flex_gravity_attention(
     else:
         seed = torch.zeros((), dtype=torch.int64, device=zq.device)
     block_mask = causal_block_mask(L, copies, str(zq.device))
-    out = _compiled_flex()(q, k, vv, block_mask, m.to(f), gamma.to(f), beta.to(f), r2, seed, sw, float(dropout_p))
+    # m_i m_j (-gamma / (d2 + eps) + beta) = m_j (-(gamma m_i) / (d2 + eps) + beta m_i)
+    rows = m.to(f).unsqueeze(1) if sw.mass == "scores" else torch.ones(B, 1, L, dtype=f, device=zq.device)
+    a = gamma.to(f).view(1, H, 1) * rows
+    c = beta.to(f).view(1, H, 1) * rows
+    # The hard cutoff has no gradient (SPEC): detaching skips a useless gradient scatter.
+    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2 * torch.ones_like(a)
+    out = _compiled_flex()(q, k, vv, block_mask, a, c, m.to(f), r2, seed, sw, float(dropout_p))
     if copies == 2:
         out = out / (1.0 - dropout_p)
     return out.to(v.dtype)

@@ -1,0 +1,30 @@
+"""``python -m ngt.bench`` on a model small enough to time in seconds: the report's shape."""
+
+import json
+
+from ngt.bench import main
+
+SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64"]
+
+
+def test_bench_writes_a_row_per_variant_with_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--model", "tiny", "--batch", "2", "--block", "32", "--steps", "2", "--warmup", "1", "--impl", "reference",
+          "--threads", "0", "--variants", "baseline,ngt_default,mass_in_value", "--out", str(out), *SMALL])
+    report = json.loads(out.read_text())
+    assert {"device", "torch", "threads", "config", "memory"} <= set(report)
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert list(rows) == ["baseline", "ngt_default", "mass_in_value"]
+    assert rows["baseline"]["ratio_to_baseline"] == 1.0 and rows["ngt_default"]["attn"] == "reference"
+    for r in rows.values():
+        assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
+        assert r["batch"] == 2 and r["block"] == 32
+
+
+def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
+    out = tmp_path / "sweep.json"
+    main(["--model", "tiny", "--batch", "1", "--context-sweep", "--max-context", "512", "--sweep-steps", "1",
+          "--warmup", "0", "--impl", "reference", "--threads", "0", "--variants", "ngt_default", "--out", str(out), *SMALL])
+    rows = json.loads(out.read_text())["context_sweep"]
+    assert [r["block"] for r in rows] == [256, 512]
+    assert all(r["peak_memory_mb"] > 0 for r in rows)
