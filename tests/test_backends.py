@@ -110,7 +110,14 @@ def test_flex_forward_on_cpu_matches_reference(sw):
 @pytest.mark.parametrize("sw,L", [(sw, 256) for sw in SWITCHES] + [(DEFAULT, 40)], ids=str)
 def test_flex_matches_reference_on_cuda(sw, L):
     """L = 256: two of FlexAttention's 128-row blocks; L = 40: one partial block."""
-    assert_matches(BACKENDS["flex"], sw, F32["out"], F32["grad"], dtype=torch.float32, device="cuda", L=L)
+    assert_matches(BACKENDS["flex"], sw, F32["out"], F32["grad"], dtype=torch.float32, device="cuda", L=L, dh=16)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_flex_narrow_heads_fall_back_on_cuda():
+    """Value heads below FlexAttention's minimum width take the compiled path, same numbers."""
+    assert_matches(BACKENDS["flex"], DEFAULT, F32["out"], F32["grad"], dtype=torch.float32, device="cuda", dh=8)
 
 
 @pytest.mark.gpu
@@ -120,7 +127,7 @@ def test_flex_dropout_is_inverted_dropout_with_a_reproducible_mask():
     the same seed gives the same output, and over V = 1 rows average to 1."""
     from ngt.model.flex import flex_gravity_attention
 
-    x = inputs(B=4, H=4, L=256, dtype=torch.float32, device="cuda")
+    x = inputs(B=4, H=4, L=256, dh=16, dtype=torch.float32, device="cuda")
     args = [x[n] for n in NAMES]
     seed = torch.tensor(123, device="cuda")
     a = flex_gravity_attention(*args, DEFAULT, dropout_p=0.25, seed=seed)

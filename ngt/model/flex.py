@@ -33,6 +33,9 @@ from ngt.model.gravity import EPS, GravitySwitches, reference_attention, score_d
 
 # The distance is a difference of large terms: TF32 dot products would cost it ~3 digits.
 _KERNEL_OPTIONS = {"FLOAT32_PRECISION": "'ieee'"}
+# FlexAttention's CUDA kernels refuse value heads narrower than this (torch 2.11: "NYI");
+# such toy widths take the compiled path instead.
+MIN_HEAD_DIM = 16
 _MIX = 0x45D9F3B  # below 2**27: every product below stays under 2**59 in int64
 
 
@@ -133,6 +136,10 @@ def flex_gravity_attention(
     torch's generator when omitted, so runs stay reproducible under ``torch.manual_seed``)."""
     if diagnostics is not None:
         return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
+    if v.shape[-1] < MIN_HEAD_DIM:
+        from ngt.model.gravity import compiled_attention
+
+        return compiled_attention(zq, v, m, gamma, beta, r, sw, dropout_p)
     B, H, L, _ = zq.shape
     f = score_dtype(zq)
     q, k = distance_operands(zq.to(f))
