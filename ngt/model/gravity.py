@@ -234,10 +234,15 @@ def available(name: str, device: torch.device) -> bool:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest
-    available: flex on CUDA (no L x L matrix), compiled on CPU, else reference."""
+    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest one
+    whose gradients are verified: compiled where inductor can build kernels, else reference.
+
+    flex (no L x L matrix: at w3_25m on an H200, 42.8 ms and 2.8 GB a step against
+    compiled's 52.0 ms and 5.3 GB) is opt-in:
+    its outputs match reference on CUDA, but its gradient for the coordinates does not yet
+    (tests/test_backends.py::test_flex_matches_reference_on_cuda)."""
     if name == "auto":
-        return next(b for b in ("flex", "compiled", "reference") if available(b, device))
+        return next(b for b in ("compiled", "reference") if available(b, device))
     if name not in BACKENDS:
         from ngt.errors import NGTError
 
