@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ngt.model.gravity import GravitySwitches, gravity_scores, score_dtype, zero_self_pairs
+from ngt.model.gravity import GravitySwitches, gravity_scores, score_dtype
 
 
 class LayerCache:
@@ -73,7 +73,7 @@ def cached_gravity_attention(
     # squared_distances' |q|^2 + |k|^2 - 2 q.k is one matmul against the cached keys.
     sq = zq.pow(2).sum(-1, keepdim=True)
     zk, sk, vk, mk = cache.extend(zq, sq, v, m.unsqueeze(1))
-    d2 = zero_self_pairs(torch.add(sq + sk.mT, zq @ zk.mT, alpha=-2.0).clamp_min_(0.0), T)
+    d2 = torch.add(sq + sk.mT, zq @ zk.mT, alpha=-2.0).clamp_min_(0.0)
     score = gravity_scores(d2, m.to(f), gamma.to(f), beta.to(f), r.to(f), sw, m_keys=mk.squeeze(1).to(f))
     mask = causal_mask(T, L, zq.device)
     if mask is not None:

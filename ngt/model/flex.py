@@ -91,9 +91,7 @@ def _gravity_flex(q, k, v, block_mask, a, c, m_keys, r2, seed, sw: GravitySwitch
 
     def score_mod(score, b, h, q_idx, kv_idx):
         j = kv_idx % L
-        # As squared_distances: cancellation leaves tiny negatives, and a token's distance
-        # to itself is exactly 0 (no gradient) rather than a rounding residue.
-        d2 = torch.where(q_idx == j, 0.0, torch.clamp_min(score, 0.0))
+        d2 = torch.clamp_min(score, 0.0)  # as squared_distances: cancellation leaves tiny negatives
         if sw.use_rsqrt:
             inv = torch.rsqrt(d2 + EPS)
             s = -a[b, h, q_idx] * inv * inv

@@ -26,27 +26,16 @@ class GravitySwitches:
     use_rsqrt: bool
 
 
-def squared_distances(zq: torch.Tensor, zk: Optional[torch.Tensor] = None, first_row: int = 0) -> torch.Tensor:
+def squared_distances(zq: torch.Tensor, zk: Optional[torch.Tensor] = None) -> torch.Tensor:
     """||a - b||^2 = |a|^2 + |b|^2 - 2 a.b: a matmul instead of a (B, H, L, L, ch) tensor.
 
-    Between the rows of ``zq`` and those of ``zk``, or ``zq`` itself; ``zq``'s rows are
-    the tokens ``first_row, first_row + 1, ...`` of ``zk``. Clamped at 0 because
-    cancellation can leave tiny negatives.
+    Between the rows of ``zq`` and those of ``zk`` (cached decoding), or ``zq`` itself.
+    Clamped at 0 because cancellation can leave tiny negatives on the diagonal.
     """
     sq = zq.pow(2).sum(-1)
     sk, zk = (sq, zq) if zk is None else (zk.pow(2).sum(-1), zk)
     d2 = sq.unsqueeze(-1) + sk.unsqueeze(-2) - 2.0 * (zq @ zk.transpose(-1, -2))
-    return zero_self_pairs(d2.clamp_min(0.0), first_row)
-
-
-def zero_self_pairs(d2: torch.Tensor, first_row: int) -> torch.Tensor:
-    """Each token's distance to itself (row i, key ``first_row + i``) as exactly 0 with no
-    gradient, which is what SPEC's z_i - z_j gives. The identity leaves a rounding residue
-    there instead, and d(score)/d(d2) = gamma / (d2 + 1e-6)^2 ~ 1e12 turns that residue
-    into gradient noise of order one."""
-    Lq, Lk = d2.shape[-2:]
-    rows = torch.arange(Lq, device=d2.device).unsqueeze(-1)
-    return d2.masked_fill(torch.arange(Lk, device=d2.device) - rows == first_row, 0.0)
+    return d2.clamp_min(0.0)
 
 
 def gravity_scores(
@@ -164,7 +153,7 @@ def blocked_attention(
     r2 = (r * r).detach()
     out = []
     for s, e in query_blocks(zq.shape[-2]):
-        d2 = squared_distances(zq[..., s:e, :], zq[..., :e, :], first_row=s)
+        d2 = squared_distances(zq[..., s:e, :], zq[..., :e, :])
         score = gravity_scores(d2, m[:, s:e], gamma, beta, r, smooth, m_keys=m[:, :e])
         keep = torch.ones(e - s, e, dtype=torch.bool, device=zq.device).tril(s)
         if sw.radius == "hard":
