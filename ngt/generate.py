@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence, get_type_hints
 
@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 
 from ngt.checkpoint import load_checkpoint
-from ngt.config import ModelConfig, VariantConfig
 from ngt.data import Tokenizer, tokenizer_from_json
 from ngt.errors import NGTError
-from ngt.model import build_model
+from ngt.model import model_from_checkpoint
 from ngt.rundir import RunDir
 from ngt.sampling import Decoder, Sampler, TextStream, generate
 from ngt.train import pick_device
@@ -122,23 +121,8 @@ def load_run(run: str, checkpoint: str, device: torch.device) -> Loaded:
     if not zipfile.is_zipfile(path):  # torch.load's own error for, say, a text file is "KeyError: '101'"
         raise NGTError(f"{path} is not a checkpoint, or is truncated (torch.save writes a zip archive; this is not one)")
     state = load_checkpoint(path)
-    missing = {"config", "tokenizer", "vocab_size"} - set(state)
-    if missing:
-        raise NGTError(f"{path} is not an ngt checkpoint (it has no {', '.join(sorted(missing))})")
-    try:
-        # The backend changes speed, not results. Cached decoding never calls it, and
-        # recomputation sees a new length every step, which a compiled backend would
-        # compile again for: the plain one serves both.
-        model_cfg = replace(ModelConfig(**state["config"]["model"]), attn_impl="reference")
-        variant = VariantConfig(**state["config"]["variant"])
-    except (TypeError, KeyError) as e:
-        raise NGTError(f"{path} holds a config this version of ngt cannot read ({e})") from None
-    model = build_model(model_cfg, variant, state["vocab_size"], device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise NGTError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
-    return Loaded(model.eval(), tokenizer_from_json(state["tokenizer"]), path, state["step"], variant.name, model_cfg.name)
+    model, model_cfg, variant = model_from_checkpoint(state, path, device)
+    return Loaded(model, tokenizer_from_json(state["tokenizer"]), path, state["step"], variant.name, model_cfg.name)
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:

@@ -8,17 +8,17 @@ the CPU, and run once over the first ``block_size`` tokens of the validation spl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ngt.checkpoint import load_checkpoint
-from ngt.config import DataConfig, ModelConfig, VariantConfig
+from ngt.config import DataConfig
 from ngt.data import BPETokenizer, Tokenizer, load_token_data, tokenizer_from_json
 from ngt.errors import NGTError
-from ngt.model import build_model
+from ngt.model import model_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,7 @@ class ValidationSamples:
 def run_coords(checkpoint: Path, samples: ValidationSamples) -> Coords:
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
-    try:
-        # One forward pass on the CPU, whatever backend trained the run: the plain backend
-        # runs everywhere, and compiling one would cost more than the pass itself.
-        model_cfg = replace(ModelConfig(**cfg["model"]), attn_impl="reference")
-        variant_cfg = VariantConfig(**cfg["variant"])
-    except TypeError as e:
-        raise NGTError(f"{checkpoint} holds a config this version cannot read ({e})") from None
-    model = build_model(model_cfg, variant_cfg, state["vocab_size"], torch.device("cpu"))
-    model.load_state_dict(state["model"])
-    model.eval()
+    model, model_cfg, _ = model_from_checkpoint(state, checkpoint, torch.device("cpu"))
     tok = tokenizer_from_json(state["tokenizer"])
     data = samples.get(cfg["data"])
     if data.tokenizer.to_json() != state["tokenizer"]:
