@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ngt.bench import main
 
 SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64"]
@@ -19,6 +21,8 @@ def test_bench_writes_a_row_per_variant_with_ratios(tmp_path):
     for r in rows.values():
         assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
         assert r["batch"] == 2 and r["block"] == 32
+        assert r["ratio_to_baseline"] == r["ms_per_step"] / rows["baseline"]["ms_per_step"]
+        assert r["tokens_per_s"] == pytest.approx(2 * 32 * 1000 / r["ms_per_step"])
 
 
 def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
