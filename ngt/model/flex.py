@@ -29,32 +29,14 @@ from typing import Optional
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from ngt.model.gravity import EPS, GravitySwitches, reference_attention, score_dtype
+from ngt.model.counter_dropout import dropout_keep, dropout_seed
+from ngt.model.gravity import EPS, GravitySwitches, reference_attention, row_tables, score_dtype
 
 # The distance is a difference of large terms: TF32 dot products would cost it ~3 digits.
 _KERNEL_OPTIONS = {"FLOAT32_PRECISION": "'ieee'"}
 # FlexAttention's CUDA kernels refuse value heads narrower than this (torch 2.11: "NYI");
 # such toy widths take the compiled path instead.
 MIN_HEAD_DIM = 16
-_MIX = 0x45D9F3B  # below 2**27: every product below stays under 2**59 in int64
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixer, in int64 arithmetic that never overflows, so eager, C++ and
-    Triton code all compute the same bits."""
-    x = ((x >> 16) ^ x) * _MIX & 0xFFFFFFFF
-    x = ((x >> 16) ^ x) * _MIX & 0xFFFFFFFF
-    return (x >> 16) ^ x
-
-
-def dropout_keep(seed: torch.Tensor, b, h, q_idx, kv_idx, n_heads: int, seq_len: int, p: float) -> torch.Tensor:
-    """Whether attention weight (b, h, q, kv) survives dropout: a pure function of the
-    indices and a per-call seed, evaluated wherever the kernel needs it."""
-    stream = _hash32(seed ^ (b.to(torch.int64) * n_heads + h.to(torch.int64)))
-    draw = _hash32(stream ^ (q_idx.to(torch.int64) * seq_len + kv_idx.to(torch.int64)))
-    return draw >= int(p * 2**32)
-
-
 def distance_operands(zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q', k' with ``q'_i . k'_j == ||z_i - z_j||^2``, zero-padded to a multiple of 16
     columns (an aligned row for the GPU kernels; zeros add nothing to the dot product)."""
@@ -150,18 +132,10 @@ def flex_gravity_attention(
     if copies == 2:
         k = torch.cat([k, k], dim=2)
         vv = torch.cat([vv, torch.zeros_like(vv)], dim=2)
-        if seed is None:
-            seed = torch.randint(0, 2**31, (), dtype=torch.int64).to(zq.device)
-    else:
-        seed = torch.zeros((), dtype=torch.int64, device=zq.device)
+    seed = dropout_seed(seed, dropout_p, zq.device)
     block_mask = causal_block_mask(L, copies, str(zq.device))
-    # m_i m_j (-gamma / (d2 + eps) + beta) = m_j (-(gamma m_i) / (d2 + eps) + beta m_i)
-    rows = m.to(f).unsqueeze(1) if sw.mass == "scores" else torch.ones(B, 1, L, dtype=f, device=zq.device)
-    a = gamma.to(f).view(1, H, 1) * rows
-    c = beta.to(f).view(1, H, 1) * rows
-    # The hard cutoff has no gradient (SPEC): detaching skips a useless gradient scatter.
-    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2 * torch.ones_like(a)
-    out = _compiled_flex()(q, k, vv, block_mask, a, c, m.to(f), r2, seed, sw, float(dropout_p))
+    a, c, r2 = row_tables(m, gamma, beta, r, sw, f)
+    out = _compiled_flex()(q, k, vv, block_mask, a, c, m.to(f), r2 * torch.ones_like(a), seed, sw, float(dropout_p))
     if copies == 2:
         out = out / (1.0 - dropout_p)
     return out.to(v.dtype)

@@ -75,6 +75,23 @@ def score_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def row_tables(m: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, r: torch.Tensor, sw: GravitySwitches,
+               f: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For kernels that see one score at a time: per query row, ``a`` = gamma and ``c`` =
+    beta (B, H, L), times the query's mass when masses scale the scores, and r^2.
+
+    m_i m_j (-gamma / (d2 + eps) + beta) = m_j (-(gamma m_i) / (d2 + eps) + beta m_i), so a
+    kernel needs only these and the key's mass. r^2 is detached under the hard cutoff,
+    which has no gradient (SPEC), so no kernel sums one.
+    """
+    B, L = m.shape
+    rows = m.to(f).unsqueeze(1) if sw.mass == "scores" else torch.ones(B, 1, L, dtype=f, device=m.device)
+    a = gamma.to(f).view(1, -1, 1) * rows
+    c = beta.to(f).view(1, -1, 1) * rows
+    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2
+    return a, c, r2
+
+
 def _causal_mask(L: int, device: torch.device) -> torch.Tensor:
     return torch.ones(L, L, dtype=torch.bool, device=device).tril()
 

@@ -1,0 +1,388 @@
+"""Gravity attention as Triton kernels of our own: flash-attention style, forward and backward.
+
+Why not only FlexAttention: its kernels compute every matmul in the inputs' dtype, so the
+float32 that the distances need also puts the P @ V product off the tensor cores; attention
+dropout has no slot in it (``ngt.model.flex`` doubles the keys); and the gradients of the
+per-row tables it captures arrive by one atomic add per score. Here
+
+- squared distances come from float32 ``|z_i|^2 + |z_j|^2 - 2 z_i . z_j`` in IEEE
+  precision (a difference of large terms), a token's distance to itself is exactly 0 with
+  no gradient (as in SPEC's difference form), and the softmax is float32;
+- P @ V and the backward's products with V and dO run in the values' dtype: bf16 on
+  tensor cores under AMP, float32 (IEEE) otherwise;
+- dropout keeps or drops each weight by a counter-based hash of (seed, batch, head,
+  query, key), the same mask as ``ngt.model.flex``, recomputed in backward, never stored;
+- the gradients of the per-row tables (gamma and beta times the masses), of the key
+  masses and of the soft radius are summed in registers along the row or column a
+  program owns and written once: no atomics, and the same bits on every run.
+
+Nothing L x L is stored: forward keeps the output and one log-sum-exp per row; backward
+recomputes the scores in two passes, one over key blocks (dV, the key side of dz, the key
+masses) and one over query blocks (the query side of dz, the row tables, the radius).
+
+Kernels are written for CUDA; with ``TRITON_INTERPRET=1`` set before this module is
+imported, Triton runs the same kernels on CPU tensors, which is how the tests check them
+against ``reference`` on a machine without a GPU (tests/test_triton_gravity.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ngt.model.counter_dropout import dropout_seed
+from ngt.model.gravity import GravitySwitches, reference_attention, row_tables, score_dtype
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+_RADIUS = {"none": 0, "hard": 1, "soft": 2}
+# Tile sizes: forward keeps few L x L tiles alive, backward about ten, hence smaller tiles.
+_FWD = dict(BM=64, BN=32, num_warps=4)
+_BWD = dict(BM=32, BN=32, num_warps=4)
+
+
+@triton.jit
+def _hash32(x):
+    """``ngt.model.flex._hash32`` in Triton: a 32-bit mixer on non-negative int64 values;
+    ``x - ((x >> 32) << 32)`` is ``x & 0xFFFFFFFF`` without a literal past int32."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B
+    x = x - ((x >> 32) << 32)
+    x = ((x >> 16) ^ x) * 0x45D9F3B
+    x = x - ((x >> 32) << 32)
+    return (x >> 16) ^ x
+
+
+@triton.jit
+def _keep(stream, rows, cols, L, threshold):
+    """Whether each (query, key) weight survives dropout: ``ngt.model.flex.dropout_keep``."""
+    draw = _hash32(stream ^ (rows[:, None].to(tl.int64) * L + cols[None, :].to(tl.int64)))
+    return draw >= threshold
+
+
+@triton.jit
+def _key_masses(MK, b, cols, in_cols, L, MASS_SCORES: tl.constexpr):
+    """The keys' masses where scores use them; zeros (unused) otherwise."""
+    if MASS_SCORES:
+        m_j = tl.load(MK + b * L + cols, mask=in_cols, other=0.0)
+    else:
+        m_j = tl.zeros_like(cols.to(tl.float32))
+    return m_j
+
+
+@triton.jit
+def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
+            MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr):
+    """SPEC's scores for one (query block, key block) tile, causal and length masks
+    applied (-inf), with the intermediates backward needs.
+
+    Returns (s, d2, g, t, s1, f, live): g = 1 / (d2 + eps), t = c_i - a_i g (the score
+    before the key's mass), s1 = t m_j or t, f the soft cutoff's factor, live where the
+    distance has a gradient (off the diagonal, and not clamped at 0).
+    """
+    sq_i = tl.sum(zi * zi, 1)
+    sq_j = tl.sum(zjT * zjT, 0)
+    raw = sq_i[:, None] + sq_j[None, :] - 2.0 * tl.dot(zi, zjT, input_precision="ieee")
+    diagonal = rows[:, None] == cols[None, :]
+    live = (raw >= 0.0) & (~diagonal)
+    d2 = tl.where(diagonal, 0.0, tl.maximum(raw, 0.0))
+    if RSQRT:
+        inv = tl.rsqrt(d2 + 1e-6)
+        g = inv * inv
+    else:
+        g = 1.0 / (d2 + 1e-6)
+    t = c_i[:, None] - a_i[:, None] * g
+    if MASS_SCORES:
+        s1 = t * m_j[None, :]
+    else:
+        s1 = t
+    f = s1 * 0.0 + 1.0
+    if RADIUS == 1:
+        s = tl.where(d2 > r2, float("-inf"), s1)
+    elif RADIUS == 2:
+        f = tl.maximum(1.0 - d2 / r2, 0.0)
+        s = s1 * f
+    else:
+        s = s1
+    visible = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (cols[None, :] < L)
+    return tl.where(visible, s, float("-inf")), d2, g, t, s1, f, live
+
+
+@triton.jit
+def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
+                 MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr):
+    """From dL/ds of a tile to (w, dt, dm, dr2): dL/d(d2) on live pairs, dL/dt (whose row
+    sums are dc, and with -g da), and the per-pair terms of the key masses' and the soft
+    radius's gradients."""
+    ds1 = ds
+    w = tl.zeros_like(ds)
+    dr2 = tl.zeros_like(ds)
+    if RADIUS == 2:
+        ds1 = ds * f
+        inside = f > 0.0
+        w = tl.where(inside, -ds * s1 / r2, 0.0)
+        dr2 = tl.where(inside, ds * s1 * d2 / (r2 * r2), 0.0)
+    if MASS_SCORES:
+        dt = ds1 * m_j[None, :]
+        dm = ds1 * t
+    else:
+        dt = ds1
+        dm = tl.zeros_like(ds)
+    w = tl.where(live, w + dt * a_i[:, None] * g * g, 0.0)
+    return w, dt, dm, dr2
+
+
+@triton.jit
+def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
+                CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
+                DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    rows = pid_m * BM + tl.arange(0, BM)
+    in_rows = rows < L
+    ch = tl.arange(0, CH)
+    dv = tl.arange(0, DV)
+    zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
+    a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
+    c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
+    r2 = tl.load(R2)
+    stream = _hash32(tl.load(SEED) ^ bh)
+
+    top = tl.zeros([BM], dtype=tl.float32) + float("-inf")
+    total = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, DV], dtype=tl.float32)
+    for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
+        cols = start + tl.arange(0, BN)
+        in_cols = cols < L
+        zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
+        m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
+        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
+        s = s * LOG2E
+        new_top = tl.maximum(top, tl.max(s, 1))
+        # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
+        shift = tl.where(new_top == float("-inf"), 0.0, new_top)
+        p = tl.math.exp2(s - shift[:, None])
+        scale = tl.math.exp2(top - shift)
+        total = total * scale + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
+        v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
+        if IEEE_PV:
+            acc = acc * scale[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * scale[:, None] + tl.dot(p.to(v.dtype), v)
+        top = new_top
+    out = acc * (rescale / total)[:, None]
+    tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
+    tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
+
+
+@triton.jit
+def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale,
+                   DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
+    """Backward's recomputation for a tile: the kept, rescaled weights (what multiplied V)
+    and dL/ds = P (dP - dO_i . O_i), from the scores, the forward's log-sum-exp and dO.
+
+    On the diagonal that difference is taken before the dot product instead, as
+    ``own`` = dO_i . (V_i / (1 - p) - O_i): where a token attends only to itself, O_i is
+    V_i / (1 - p) exactly and this is exactly 0 (as the softmax's true gradient is),
+    where dO_i . V_i - dO_i . O_i would leave a rounding residue, and its score's
+    sensitivity to gamma is 1 / eps = 1e6.
+    """
+    p = tl.math.exp2(s * LOG2E - lse[:, None])
+    if IEEE_PV:
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+    else:
+        dp = tl.dot(do, tl.trans(v))
+    if DROPOUT:
+        keep = _keep(stream, rows, cols, L, threshold)
+        kept = tl.where(keep, p * rescale, 0.0)
+        dp = tl.where(keep, dp * rescale, 0.0)
+        own_term = tl.where(keep, own[:, None], -delta[:, None])
+    else:
+        kept = p
+        own_term = own[:, None]
+    diagonal = rows[:, None] == cols[None, :]
+    return kept, p * tl.where(diagonal, own_term, dp - delta[:, None])
+
+
+@triton.jit
+def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DMK, H, L, threshold, rescale,
+                     CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
+                     DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
+    """One block of keys against every query that sees it: dV, the key side of dz, and
+    the key masses' gradient."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    cols = pid_n * BN + tl.arange(0, BN)
+    in_cols = cols < L
+    ch = tl.arange(0, CH)
+    dv = tl.arange(0, DV)
+    zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
+    v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
+    r2 = tl.load(R2)
+    stream = _hash32(tl.load(SEED) ^ bh)
+    m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
+
+    dv_acc = tl.zeros([BN, DV], dtype=tl.float32)
+    dzT_acc = tl.zeros([CH, BN], dtype=tl.float32)
+    dm_acc = tl.zeros([BN], dtype=tl.float32)
+    for start in range((pid_n * BN // BM) * BM, L, BM):
+        rows = start + tl.arange(0, BM)
+        in_rows = rows < L
+        zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
+        a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
+        c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
+        lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
+        delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
+        own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
+        do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
+        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
+        kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
+        if IEEE_PV:
+            dv_acc += tl.dot(tl.trans(kept).to(do.dtype), do, input_precision="ieee")
+        else:
+            dv_acc += tl.dot(tl.trans(kept).to(do.dtype), do)
+        w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
+        # d(d2_ij)/dz_j = 2 (z_j - z_i), summed over the queries i
+        dzT_acc += 2.0 * (zjT * tl.sum(w, 0)[None, :] - tl.dot(tl.trans(zi), w, input_precision="ieee"))
+        dm_acc += tl.sum(dm, 0)
+    tl.store(DVAL + (bh * L + cols[:, None]) * DV + dv[None, :], dv_acc.to(DVAL.dtype.element_ty), mask=in_cols[:, None])
+    tl.store(DZ + (bh * L + cols[None, :]) * CH + ch[:, None], dzT_acc, mask=in_cols[None, :])
+    tl.store(DMK + bh * L + cols, dm_acc, mask=in_cols)
+
+
+@triton.jit
+def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, DC, DR2, H, L, threshold, rescale,
+                        CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                        MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
+                        DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
+    """One block of queries against every key it sees: the query side of dz, the row
+    tables' gradients, and this block's share of the radius's."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    rows = pid_m * BM + tl.arange(0, BM)
+    in_rows = rows < L
+    ch = tl.arange(0, CH)
+    dv = tl.arange(0, DV)
+    zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
+    a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
+    c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
+    lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
+    delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
+    own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
+    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
+    r2 = tl.load(R2)
+    stream = _hash32(tl.load(SEED) ^ bh)
+
+    dz_acc = tl.zeros([BM, CH], dtype=tl.float32)
+    da_acc = tl.zeros([BM], dtype=tl.float32)
+    dc_acc = tl.zeros([BM], dtype=tl.float32)
+    dr2_acc = tl.zeros([BM], dtype=tl.float32)
+    for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
+        cols = start + tl.arange(0, BN)
+        in_cols = cols < L
+        zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
+        v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
+        m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
+        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
+        kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
+        w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
+        # d(d2_ij)/dz_i = 2 (z_i - z_j), summed over the keys j
+        dz_acc += 2.0 * (zi * tl.sum(w, 1)[:, None] - tl.dot(w, tl.trans(zjT), input_precision="ieee"))
+        da_acc -= tl.sum(dt * g, 1)
+        dc_acc += tl.sum(dt, 1)
+        dr2_acc += tl.sum(dr2, 1)
+    tl.store(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], dz_acc, mask=in_rows[:, None])
+    tl.store(DA + bh * L + rows, da_acc, mask=in_rows)
+    tl.store(DC + bh * L + rows, dc_acc, mask=in_rows)
+    tl.store(DR2 + bh * L + rows, dr2_acc, mask=in_rows)
+
+
+def _launch_args(sw: GravitySwitches, dropout_p: float, v: torch.Tensor) -> tuple[int, float, dict]:
+    """The dropout threshold (``flex.dropout_keep``'s), the inverted-dropout factor, and
+    the kernels' compile-time switches."""
+    switches = dict(MASS_SCORES=sw.mass == "scores", RADIUS=_RADIUS[sw.radius], RSQRT=sw.use_rsqrt,
+                    DROPOUT=dropout_p > 0, IEEE_PV=v.dtype == torch.float32)
+    return int(dropout_p * 2**32), 1.0 / (1.0 - dropout_p), switches
+
+
+class _GravityAttention(torch.autograd.Function):
+    """Inputs as the kernels want them: z (B, H, L, CH) float32 and v (B, H, L, DV), both
+    contiguous with CH and DV powers of two >= 16; a, c (B, H, L) and m (B, L) float32;
+    r2 a float32 scalar tensor; seed an int64 scalar tensor."""
+
+    @staticmethod
+    def forward(ctx, z, v, a, c, m, r2, sw: GravitySwitches, dropout_p: float, seed):
+        B, H, L, CH = z.shape
+        DV = v.shape[-1]
+        threshold, rescale, switches = _launch_args(sw, dropout_p, v)
+        out = torch.empty_like(v)
+        lse = torch.empty(B, H, L, dtype=torch.float32, device=z.device)
+        grid = (triton.cdiv(L, _FWD["BM"]), B * H)
+        _fwd_kernel[grid](z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_FWD)
+        ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse)
+        ctx.sw, ctx.dropout_p = sw, dropout_p
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        z, v, a, c, m, r2, seed, out, lse = ctx.saved_tensors
+        B, H, L, CH = z.shape
+        DV = v.shape[-1]
+        threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
+        dout = dout.to(v.dtype).contiguous()
+        # sum_j dP_ij P_ij = dO_i . O_i, with or without dropout
+        delta = (dout.float() * out.float()).sum(-1)
+        own = (dout.float() * (v.float() * rescale - out.float())).sum(-1)  # see _probabilities
+        dz_keys, dz_queries = torch.empty_like(z), torch.empty_like(z)
+        dv = torch.empty_like(v)
+        dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
+        common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
+        _bwd_keys_kernel[(triton.cdiv(L, _BWD["BN"]), B * H)](
+            *common, dz_keys, dv, dm, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_BWD)
+        _bwd_queries_kernel[(triton.cdiv(L, _BWD["BM"]), B * H)](
+            *common, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_BWD)
+        return dz_keys + dz_queries, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
+
+
+def _width(n: int) -> int:
+    """The kernels' tile width for n columns: a power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def triton_gravity_attention(
+    zq: torch.Tensor,
+    v: torch.Tensor,
+    m: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    r: torch.Tensor,
+    sw: GravitySwitches,
+    dropout_p: float = 0.0,
+    diagnostics: Optional[dict] = None,
+    seed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """SPEC's attention through the kernels above; ``seed`` fixes the dropout mask (drawn
+    from torch's generator when omitted, so runs stay reproducible under ``torch.manual_seed``)."""
+    if diagnostics is not None:
+        return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
+    f = score_dtype(zq)
+    ch, dh = zq.shape[-1], v.shape[-1]
+    # Zero columns change no distance and no output; autograd drops their gradients.
+    z = F.pad(zq.to(f), (0, _width(ch) - ch)).contiguous()
+    if sw.mass == "value":
+        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+    vv = F.pad(v, (0, _width(dh) - dh)).contiguous()
+    a, c, r2 = row_tables(m, gamma, beta, r, sw, f)
+    out = _GravityAttention.apply(z, vv, a.contiguous(), c.contiguous(), m.to(f).contiguous(), r2.reshape(()),
+                                  sw, float(dropout_p), dropout_seed(seed, dropout_p, zq.device))
+    return out[..., :dh]
