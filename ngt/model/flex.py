@@ -73,7 +73,10 @@ def _gravity_flex(q, k, v, block_mask, a, c, m_keys, r2, seed, sw: GravitySwitch
 
     def score_mod(score, b, h, q_idx, kv_idx):
         j = kv_idx % L
-        d2 = torch.clamp_min(score, 0.0)  # as squared_distances: cancellation leaves tiny negatives
+        # A token's distance to itself is exactly 0 with no gradient, as in SPEC's difference
+        # form: the identity leaves a rounding residue there, and d(score)/d(d2) is
+        # gamma / eps^2 = 1e12 times gamma, which turned that residue into noise in dz.
+        d2 = torch.where(q_idx == j, 0.0, torch.clamp_min(score, 0.0))
         if sw.use_rsqrt:
             inv = torch.rsqrt(d2 + EPS)
             s = -a[b, h, q_idx] * inv * inv
@@ -122,7 +125,7 @@ def flex_gravity_attention(
         from ngt.model.gravity import compiled_attention
 
         return compiled_attention(zq, v, m, gamma, beta, r, sw, dropout_p)
-    B, H, L, _ = zq.shape
+    L = zq.shape[2]
     f = score_dtype(zq)
     q, k = distance_operands(zq.to(f))
     vv = v.to(f)

@@ -106,8 +106,12 @@ def reference_attention(
     sw: GravitySwitches,
     dropout_p: float = 0.0,
     diagnostics: Optional[dict] = None,
+    keep: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Plain L x L attention; scores and softmax in ``score_dtype`` whatever the AMP dtype."""
+    """Plain L x L attention; scores and softmax in ``score_dtype`` whatever the AMP dtype.
+
+    ``keep`` (B, H, L, L), if given, is the dropout mask to apply instead of drawing one:
+    how the tests state the kernels' counter-based dropout (ngt.model.counter_dropout)."""
     L = zq.shape[-2]
     f = score_dtype(zq)
     d2 = squared_distances(zq.to(f))
@@ -117,7 +121,10 @@ def reference_attention(
     attn = torch.softmax(score, dim=-1)
     if diagnostics is not None:
         _record(diagnostics, d2, attn, causal, r, sw)
-    attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
+    if keep is None:
+        attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
+    else:
+        attn = attn * keep / (1.0 - dropout_p)
     if sw.mass == "value":
         v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
     return attn.to(v.dtype) @ v
@@ -218,10 +225,17 @@ def _flex_attention(*args, **kwargs) -> torch.Tensor:
     return flex_gravity_attention(*args, **kwargs)
 
 
+def _triton_attention(*args, **kwargs) -> torch.Tensor:
+    from ngt.model.triton_gravity import triton_gravity_attention  # imports triton: only when chosen
+
+    return triton_gravity_attention(*args, **kwargs)
+
+
 BACKENDS: dict[str, AttentionFn] = {
     "reference": reference_attention,
     "compiled": compiled_attention,
     "flex": _flex_attention,
+    "triton": _triton_attention,
 }
 
 
@@ -246,18 +260,20 @@ def available(name: str, device: torch.device) -> bool:
         return True
     if name == "compiled":
         return can_compile(device)
-    # FlexAttention has no backward on CPU: training needs CUDA.
-    return name == "flex" and device.type == "cuda" and can_compile(device)
+    # FlexAttention has no backward on CPU, and Triton kernels run on CPU only in its
+    # interpreter (for tests): training with either needs CUDA.
+    return name in ("flex", "triton") and device.type == "cuda" and can_compile(device)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
     """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest one
     whose gradients are verified: compiled where inductor can build kernels, else reference.
 
-    flex (no L x L matrix: at w3_25m on an H200, 42.8 ms and 2.8 GB a step against
-    compiled's 52.0 ms and 5.3 GB) is opt-in:
-    its outputs match reference on CUDA, but its gradient for the coordinates does not yet
-    (tests/test_backends.py::test_flex_matches_reference_on_cuda)."""
+    The CUDA backends with no L x L matrix are opt-in until a GPU run confirms them:
+    flex (at w3_25m on an H200, 42.8 ms and 2.8 GB a step against compiled's 52.0 ms and
+    5.3 GB) matched reference's outputs there but not its coordinate gradient (since
+    addressed on the diagonal, not yet re-run); triton matches reference in Triton's CPU
+    interpreter (tests/test_triton_gravity.py) and has not yet been timed on a GPU."""
     if name == "auto":
         return next(b for b in ("compiled", "reference") if available(b, device))
     if name not in BACKENDS:

@@ -27,7 +27,6 @@ against ``reference`` on a machine without a GPU (tests/test_triton_gravity.py).
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch

@@ -1,0 +1,139 @@
+"""The Triton kernels (ngt.model.triton_gravity) against ``reference``: outputs and the
+gradient of every input and parameter, for every switch setting, with and without dropout.
+
+On a GPU they run as compiled CUDA kernels. Without one, Triton's interpreter runs the
+same kernel code on CPU tensors (numpy underneath), which checks their math, masks and
+tiling. The interpreter must be chosen before Triton sees a kernel, so
+``test_kernels_under_the_interpreter`` runs this file again in a subprocess with
+TRITON_INTERPRET=1; that is the CPU twin of the CUDA tests, and runs in the default suite.
+Tolerances are test_backends' float32 ones.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ngt.config import ModelConfig, VariantConfig
+from ngt.model import NGT
+from ngt.model.counter_dropout import dropout_keep
+from ngt.model.gravity import BACKENDS, GravitySwitches, available
+from test_backends import DEFAULT, F32, NAMES, SWITCHES, assert_matches, inputs, run
+
+pytest.importorskip("triton")
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+on_kernels = pytest.mark.skipif(
+    not INTERPRETED and not (torch.cuda.is_available() and available("triton", torch.device("cuda"))),
+    reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 (test_kernels_under_the_interpreter)")
+
+
+def triton_attention(*args, **kwargs):
+    from ngt.model.triton_gravity import triton_gravity_attention
+
+    return triton_gravity_attention(*args, **kwargs)
+
+
+@on_kernels
+@pytest.mark.parametrize("sw", SWITCHES, ids=str)
+def test_matches_reference(sw):
+    """L = 40 leaves every tile of the forward (64 rows) and backward (32) partly past the end;
+    coordinate width 4 and value width 8 are padded to the kernels' 16."""
+    assert_matches(triton_attention, sw, F32["out"], F32["grad"], dtype=torch.float32, device=DEVICE)
+
+
+@on_kernels
+@pytest.mark.parametrize("sw", [DEFAULT, GravitySwitches("value", "soft", False)], ids=str)
+def test_matches_reference_over_several_tiles(sw):
+    """L = 100: two row tiles forward, four key tiles, and backward's loops over several."""
+    assert_matches(triton_attention, sw, F32["out"], F32["grad"], dtype=torch.float32, device=DEVICE, L=100,
+                   ch=16, dh=16)
+
+
+@on_kernels
+def test_a_row_that_sees_only_itself_gives_no_gradient_noise():
+    """Row 0 attends only to itself, so its weights have no gradient; the score's sensitivity
+    to gamma there is 1 / eps = 1e6, so a rounding residue in dL/ds would show up in gamma's
+    and the masses' gradients (the reason for ``own`` in the kernels)."""
+    x = inputs(L=1, dtype=torch.float32, device=DEVICE)
+    _, grads = run(triton_attention, x, DEFAULT)
+    for name in ("zq", "m", "gamma", "beta"):
+        assert not grads[name].any(), name
+
+
+def _keep_mask(seed: torch.Tensor, B: int, H: int, L: int, p: float) -> torch.Tensor:
+    """counter_dropout's mask over every (b, h, query, key): what the kernels must draw."""
+    b, h, q, k = torch.meshgrid(*(torch.arange(n) for n in (B, H, L, L)), indexing="ij")
+    return dropout_keep(seed.cpu(), b, h, q, k, H, L, p)
+
+
+@on_kernels
+@pytest.mark.parametrize("sw", [DEFAULT, GravitySwitches("value", "soft", True)], ids=str)
+def test_dropout_is_the_counter_mask_applied_after_the_softmax(sw):
+    """Against reference with the same mask stated densely: outputs and every gradient."""
+    p, seed = 0.25, torch.tensor(123)
+    x = inputs(L=40, dtype=torch.float32, device=DEVICE)
+    B, H, L = x["zq"].shape[:3]
+    keep = _keep_mask(seed, B, H, L, p).to(DEVICE)
+    assert 0.65 < float(keep.float().mean()) < 0.85
+
+    def reference(*args):
+        return BACKENDS["reference"](*args, dropout_p=p, keep=keep)
+
+    def kernels(*args):
+        return triton_attention(*args, dropout_p=p, seed=seed)
+
+    ref_out, ref_grads = run(reference, x, sw)
+    out, grads = run(kernels, x, sw)
+    torch.testing.assert_close(out, ref_out, **F32["out"])
+    for name in NAMES:
+        if ref_grads[name] is not None:
+            torch.testing.assert_close(grads[name], ref_grads[name], **F32["grad"], msg=lambda m: f"d/d{name}: {m}")
+
+
+@on_kernels
+def test_dropout_seed_fixes_the_mask():
+    x = [t.detach() for t in inputs(L=40, dtype=torch.float32, device=DEVICE).values()]
+    a, b, c = (triton_attention(*x, DEFAULT, dropout_p=0.25, seed=torch.tensor(s)) for s in (7, 7, 8))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+@on_kernels
+def test_whole_model_matches_reference():
+    """An NGT model on the kernels, soft cutoff so the radius has a gradient too."""
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, coord_dim=8, head_coord_dim=4, mlp_dim=48, context=64,
+                      dropout=0.0)
+    idx = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    results = []
+    for backend in ("reference", "triton"):
+        torch.manual_seed(0)
+        model = NGT(cfg, VariantConfig(radius="soft"), 50, backend).to(DEVICE)
+        logits, _ = model(idx)
+        F.cross_entropy(logits.view(-1, 50), idx.view(-1)).backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (ref_logits, ref_grads), (logits, grads) = results
+    torch.testing.assert_close(logits, ref_logits, **F32["out"])
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, **F32["grad"], msg=lambda m: f"{name}: {m}")
+    assert ref_grads["blocks.0.attn.radius_raw"].abs() > 0
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the driver of the interpreted run")
+def test_kernels_under_the_interpreter():
+    """Every test above, on CPU, through Triton's interpreter, in a fresh process."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                           "-k", "not under_the_interpreter"],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=900)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) == 19, tail
+    assert "skipped" not in proc.stdout, tail
