@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -39,9 +41,20 @@ from ngt.model.gravity import GravitySwitches, reference_attention, row_tables, 
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _RADIUS = {"none": 0, "hard": 1, "soft": 2}
-# Tile sizes: forward keeps few L x L tiles alive, backward about ten, hence smaller tiles.
-_FWD = dict(BM=64, BN=32, num_warps=4)
-_BWD = dict(BM=32, BN=32, num_warps=4)
+
+
+def _tiles(*shapes: tuple[int, int, int, int]):
+    """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length and
+    widths; the first is the interpreter's (it cannot time anything). Forward keeps a few
+    L x L tiles alive, backward about ten, hence its smaller ones."""
+    configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        configs = configs[:1]
+    return triton.autotune(configs=configs, key=["L", "CH", "DV"])
+
+
+_fwd_tiles = _tiles((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
+_bwd_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2))
 
 
 @triton.jit
@@ -134,6 +147,7 @@ def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
     return w, dt, dm, dr2
 
 
+@_fwd_tiles
 @triton.jit
 def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
                 CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -210,6 +224,7 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     return kept, p * tl.where(diagonal, own_term, dp - delta[:, None])
 
 
+@_bwd_tiles
 @triton.jit
 def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DMK, H, L, threshold, rescale,
                      CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -258,6 +273,7 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     tl.store(DMK + bh * L + cols, dm_acc, mask=in_cols)
 
 
+@_bwd_tiles
 @triton.jit
 def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, DC, DR2, H, L, threshold, rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -326,8 +342,8 @@ class _GravityAttention(torch.autograd.Function):
         threshold, rescale, switches = _launch_args(sw, dropout_p, v)
         out = torch.empty_like(v)
         lse = torch.empty(B, H, L, dtype=torch.float32, device=z.device)
-        grid = (triton.cdiv(L, _FWD["BM"]), B * H)
-        _fwd_kernel[grid](z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_FWD)
+        grid = lambda meta: (triton.cdiv(L, meta["BM"]), B * H)  # noqa: E731
+        _fwd_kernel[grid](z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse)
         ctx.sw, ctx.dropout_p = sw, dropout_p
         return out
@@ -346,10 +362,10 @@ class _GravityAttention(torch.autograd.Function):
         dv = torch.empty_like(v)
         dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
         common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
-        _bwd_keys_kernel[(triton.cdiv(L, _BWD["BN"]), B * H)](
-            *common, dz_keys, dv, dm, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_BWD)
-        _bwd_queries_kernel[(triton.cdiv(L, _BWD["BM"]), B * H)](
-            *common, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches, **_BWD)
+        _bwd_keys_kernel[lambda meta: (triton.cdiv(L, meta["BN"]), B * H)](
+            *common, dz_keys, dv, dm, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+        _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
+            *common, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         return dz_keys + dz_queries, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
 
 
