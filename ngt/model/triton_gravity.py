@@ -76,13 +76,53 @@ def _keep(stream, rows, cols, L, threshold):
 
 
 @triton.jit
-def _key_masses(MK, b, cols, in_cols, L, MASS_SCORES: tl.constexpr):
-    """The keys' masses where scores use them; zeros (unused) otherwise."""
+def _query_rows(Z, A, C, bh, rows, L, CH: tl.constexpr):
+    """A block of query rows' coordinates (BM, CH) and row tables; zeros past the end."""
+    in_rows = rows < L
+    ch = tl.arange(0, CH)
+    zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
+    a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
+    c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
+    return zi, a_i, c_i
+
+
+@triton.jit
+def _key_cols(Z, V, MK, bh, b, cols, L, CH: tl.constexpr, DV: tl.constexpr, MASS_SCORES: tl.constexpr):
+    """A block of keys: coordinates transposed (CH, BN), values (BN, DV) and masses (zeros
+    where scores do not use them); zeros past the end."""
+    in_cols = cols < L
+    ch = tl.arange(0, CH)
+    dv = tl.arange(0, DV)
+    zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
+    v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
     if MASS_SCORES:
         m_j = tl.load(MK + b * L + cols, mask=in_cols, other=0.0)
     else:
         m_j = tl.zeros_like(cols.to(tl.float32))
-    return m_j
+    return zjT, v, m_j
+
+
+@triton.jit
+def _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV: tl.constexpr):
+    """What backward knows per query row: log-sum-exp, dO . O, ``own`` and dO (BM, DV)."""
+    in_rows = rows < L
+    dv = tl.arange(0, DV)
+    lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
+    delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
+    own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
+    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
+    return lse, delta, own, do
+
+
+@triton.jit
+def _dot_v(a, b, IEEE_PV: tl.constexpr):
+    """A product with values or their gradients: IEEE for float32 values (as torch's
+    default matmul), tensor cores otherwise."""
+    if IEEE_PV:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
 
 
 @triton.jit
@@ -155,14 +195,8 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
                 DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
     rows = pid_m * BM + tl.arange(0, BM)
-    in_rows = rows < L
-    ch = tl.arange(0, CH)
-    dv = tl.arange(0, DV)
-    zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
-    a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
-    c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
+    zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
     r2 = tl.load(R2)
     stream = _hash32(tl.load(SEED) ^ bh)
 
@@ -171,9 +205,7 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     acc = tl.zeros([BM, DV], dtype=tl.float32)
     for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
         cols = start + tl.arange(0, BN)
-        in_cols = cols < L
-        zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
-        m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
+        zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         s = s * LOG2E
         new_top = tl.maximum(top, tl.max(s, 1))
@@ -184,13 +216,11 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
         total = total * scale + tl.sum(p, 1)
         if DROPOUT:
             p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
-        v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
-        if IEEE_PV:
-            acc = acc * scale[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * scale[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * scale[:, None] + _dot_v(p.to(v.dtype), v, IEEE_PV)
         top = new_top
     out = acc * (rescale / total)[:, None]
+    in_rows = rows < L
+    dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
     tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
 
@@ -208,10 +238,7 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     sensitivity to gamma is 1 / eps = 1e6.
     """
     p = tl.math.exp2(s * LOG2E - lse[:, None])
-    if IEEE_PV:
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-    else:
-        dp = tl.dot(do, tl.trans(v))
+    dp = _dot_v(do, tl.trans(v), IEEE_PV)
     if DROPOUT:
         keep = _keep(stream, rows, cols, L, threshold)
         kept = tl.where(keep, p * rescale, 0.0)
@@ -234,40 +261,28 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     the key masses' gradient."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
     cols = pid_n * BN + tl.arange(0, BN)
-    in_cols = cols < L
-    ch = tl.arange(0, CH)
-    dv = tl.arange(0, DV)
-    zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
-    v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
+    zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     r2 = tl.load(R2)
     stream = _hash32(tl.load(SEED) ^ bh)
-    m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
 
     dv_acc = tl.zeros([BN, DV], dtype=tl.float32)
     dzT_acc = tl.zeros([CH, BN], dtype=tl.float32)
     dm_acc = tl.zeros([BN], dtype=tl.float32)
     for start in range((pid_n * BN // BM) * BM, L, BM):
         rows = start + tl.arange(0, BM)
-        in_rows = rows < L
-        zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
-        a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
-        c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
-        lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
-        delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
-        own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
-        do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
+        zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
+        lse, delta, own, do = _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV)
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
-        if IEEE_PV:
-            dv_acc += tl.dot(tl.trans(kept).to(do.dtype), do, input_precision="ieee")
-        else:
-            dv_acc += tl.dot(tl.trans(kept).to(do.dtype), do)
+        dv_acc += _dot_v(tl.trans(kept).to(do.dtype), do, IEEE_PV)
         w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
         # d(d2_ij)/dz_j = 2 (z_j - z_i), summed over the queries i
         dzT_acc += 2.0 * (zjT * tl.sum(w, 0)[None, :] - tl.dot(tl.trans(zi), w, input_precision="ieee"))
         dm_acc += tl.sum(dm, 0)
+    in_cols = cols < L
+    ch = tl.arange(0, CH)
+    dv = tl.arange(0, DV)
     tl.store(DVAL + (bh * L + cols[:, None]) * DV + dv[None, :], dv_acc.to(DVAL.dtype.element_ty), mask=in_cols[:, None])
     tl.store(DZ + (bh * L + cols[None, :]) * CH + ch[:, None], dzT_acc, mask=in_cols[None, :])
     tl.store(DMK + bh * L + cols, dm_acc, mask=in_cols)
@@ -283,18 +298,9 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, D
     tables' gradients, and this block's share of the radius's."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
     rows = pid_m * BM + tl.arange(0, BM)
-    in_rows = rows < L
-    ch = tl.arange(0, CH)
-    dv = tl.arange(0, DV)
-    zi = tl.load(Z + (bh * L + rows[:, None]) * CH + ch[None, :], mask=in_rows[:, None], other=0.0)
-    a_i = tl.load(A + bh * L + rows, mask=in_rows, other=0.0)
-    c_i = tl.load(C + bh * L + rows, mask=in_rows, other=0.0)
-    lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
-    delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
-    own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
-    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
+    zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
+    lse, delta, own, do = _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV)
     r2 = tl.load(R2)
     stream = _hash32(tl.load(SEED) ^ bh)
 
@@ -304,10 +310,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, D
     dr2_acc = tl.zeros([BM], dtype=tl.float32)
     for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
         cols = start + tl.arange(0, BN)
-        in_cols = cols < L
-        zjT = tl.load(Z + (bh * L + cols[None, :]) * CH + ch[:, None], mask=in_cols[None, :], other=0.0)
-        v = tl.load(V + (bh * L + cols[:, None]) * DV + dv[None, :], mask=in_cols[:, None], other=0.0)
-        m_j = _key_masses(MK, b, cols, in_cols, L, MASS_SCORES)
+        zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
         w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
@@ -316,6 +319,8 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, D
         da_acc -= tl.sum(dt * g, 1)
         dc_acc += tl.sum(dt, 1)
         dr2_acc += tl.sum(dr2, 1)
+    in_rows = rows < L
+    ch = tl.arange(0, CH)
     tl.store(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], dz_acc, mask=in_rows[:, None])
     tl.store(DA + bh * L + rows, da_acc, mask=in_rows)
     tl.store(DC + bh * L + rows, dc_acc, mask=in_rows)
