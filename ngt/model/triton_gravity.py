@@ -44,34 +44,39 @@ _RADIUS = {"none": 0, "hard": 1, "soft": 2}
 
 
 def _tiles(*shapes: tuple[int, int, int, int]):
-    """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length and
-    widths; the first is the interpreter's (it cannot time anything). Forward keeps a few
-    L x L tiles alive, backward about ten, hence its smaller ones."""
+    """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length,
+    widths and switch setting; the first is the interpreter's (it cannot time anything).
+    Forward keeps a few L x L tiles alive, backward about ten: its 64-key tiles spilled
+    registers when compiled for sm_90 (triton 3.9), so it has none."""
     configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
     if os.environ.get("TRITON_INTERPRET") == "1":
         configs = configs[:1]
-    return triton.autotune(configs=configs, key=["L", "CH", "DV"])
+    return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT"])
 
 
 _fwd_tiles = _tiles((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
-_bwd_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2))
+_bwd_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 3))
 
 
 @triton.jit
 def _hash32(x):
-    """``ngt.model.flex._hash32`` in Triton: a 32-bit mixer on non-negative int64 values;
-    ``x - ((x >> 32) << 32)`` is ``x & 0xFFFFFFFF`` without a literal past int32."""
+    """``counter_dropout._hash32`` in uint32, whose products wrap exactly as its int64 ones
+    masked to 32 bits do: the same bits, in half the registers of int64 arithmetic."""
     x = ((x >> 16) ^ x) * 0x45D9F3B
-    x = x - ((x >> 32) << 32)
     x = ((x >> 16) ^ x) * 0x45D9F3B
-    x = x - ((x >> 32) << 32)
     return (x >> 16) ^ x
 
 
 @triton.jit
+def _stream(SEED, bh):
+    """The per-(batch, head) hash that ``_keep`` mixes with (query, key)."""
+    return _hash32((tl.load(SEED) ^ bh).to(tl.uint32))
+
+
+@triton.jit
 def _keep(stream, rows, cols, L, threshold):
-    """Whether each (query, key) weight survives dropout: ``ngt.model.flex.dropout_keep``."""
-    draw = _hash32(stream ^ (rows[:, None].to(tl.int64) * L + cols[None, :].to(tl.int64)))
+    """Whether each (query, key) weight survives dropout: ``counter_dropout.dropout_keep``."""
+    draw = _hash32(stream ^ (rows[:, None] * L + cols[None, :]).to(tl.uint32))
     return draw >= threshold
 
 
@@ -198,7 +203,7 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     rows = pid_m * BM + tl.arange(0, BM)
     zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
     r2 = tl.load(R2)
-    stream = _hash32(tl.load(SEED) ^ bh)
+    stream = _stream(SEED, bh)
 
     top = tl.zeros([BM], dtype=tl.float32) + float("-inf")
     total = tl.zeros([BM], dtype=tl.float32)
@@ -264,7 +269,7 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     cols = pid_n * BN + tl.arange(0, BN)
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     r2 = tl.load(R2)
-    stream = _hash32(tl.load(SEED) ^ bh)
+    stream = _stream(SEED, bh)
 
     dv_acc = tl.zeros([BN, DV], dtype=tl.float32)
     dzT_acc = tl.zeros([CH, BN], dtype=tl.float32)
@@ -302,7 +307,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, D
     zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
     lse, delta, own, do = _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV)
     r2 = tl.load(R2)
-    stream = _hash32(tl.load(SEED) ^ bh)
+    stream = _stream(SEED, bh)
 
     dz_acc = tl.zeros([BM, CH], dtype=tl.float32)
     da_acc = tl.zeros([BM], dtype=tl.float32)
@@ -328,7 +333,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, D
 
 
 def _launch_args(sw: GravitySwitches, dropout_p: float, v: torch.Tensor) -> tuple[int, float, dict]:
-    """The dropout threshold (``flex.dropout_keep``'s), the inverted-dropout factor, and
+    """The dropout threshold (``counter_dropout.dropout_keep``'s), the inverted-dropout factor, and
     the kernels' compile-time switches."""
     switches = dict(MASS_SCORES=sw.mass == "scores", RADIUS=_RADIUS[sw.radius], RSQRT=sw.use_rsqrt,
                     DROPOUT=dropout_p > 0, IEEE_PV=v.dtype == torch.float32)
