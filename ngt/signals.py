@@ -8,6 +8,10 @@ which hands the signal to whoever handled it before (submitit's USR2 handler req
 the job and exits). If that handler returns, as submitit's SIGTERM one does (Slurm
 itself requeues or cancels the job), or there was none, the process ends as signalled:
 a run stopped early must never look like a finished job to the launcher.
+
+Ctrl-C (SIGINT) is a stop request too: the run saves the step it is in and ends, as by
+SIGTERM, without a traceback. A second Ctrl-C before that boundary interrupts at once
+(KeyboardInterrupt); the run then resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import signal
 import threading
 from typing import Any, Optional
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequest:
@@ -34,6 +38,8 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum else ""
 
     def _note(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: do not wait for the step to end
         self.signum = signum
 
     def __enter__(self) -> "StopRequest":
@@ -53,7 +59,9 @@ class StopRequest:
         end the process with the signal's default action. Does not return."""
         signum, previous = self.signum, self._previous.get(self.signum)
         self.__exit__()
-        if callable(previous):
+        # Python's own SIGINT handler would raise KeyboardInterrupt: a traceback, for a run
+        # that stopped as asked.
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, None)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -38,8 +38,10 @@ def summary(run: Path) -> dict:
 
 def interrupt(grid: list[str], where: Path, variant: str, sig: signal.Signals) -> None:
     """Start the sweep, and send ``sig`` once ``variant``'s run has evaluated three times."""
+    # SIGINT as in a terminal, even where this test runs with it ignored (a background job)
     proc = subprocess.Popen([sys.executable, "-m", "ngt.screen", *grid, f"hydra.sweep.dir={where}"], cwd=where.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = where / f"variant={variant}" / "metrics.jsonl"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -47,7 +49,9 @@ def interrupt(grid: list[str], where: Path, variant: str, sig: signal.Signals) -
             break
         time.sleep(0.02)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == -sig, "the sweep ended before it could be interrupted"
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -sig, "the sweep ended before it could be interrupted"
+    assert "Traceback" not in err.decode(), err.decode()[-2000:]
 
 
 def relaunch_and_compare(grid: list[str], where: Path, reference: Path) -> str:
@@ -70,12 +74,13 @@ def test_the_same_sweep_twice_skips_every_run(grid, reference):
         assert ((reference / f"variant={v}" / "metrics.jsonl").read_text(), summary(reference / f"variant={v}")) == (rows, s)
 
 
-def test_a_sweep_terminated_in_its_second_run_resumes_it_and_skips_the_first(grid, reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_sweep_stopped_in_its_second_run_resumes_it_and_skips_the_first(grid, reference, tmp_path, sig):
     where = tmp_path / "sweep"
-    interrupt(grid, where, "ngt_default", signal.SIGTERM)
-    # SIGTERM waits for the step to end, saves it, then ends the process as signalled.
+    interrupt(grid, where, "ngt_default", sig)
+    # SIGTERM and Ctrl-C wait for the step to end, save it, then end the process as signalled.
     stopped = summary(where / "variant=ngt_default")
-    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["message"]
+    assert stopped["status"] == "interrupted" and sig.name in stopped["message"]
     output = relaunch_and_compare(grid, where, reference)
     assert output.count("(skipped)") == 1
     assert summary(where / "variant=ngt_default")["resumed_at_steps"] == [stopped["final_step"]]
