@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -156,8 +158,14 @@ def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
         return
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_muted():
+        prof.start()
+    try:
         yield out
+    finally:
+        with _native_stderr_muted():
+            prof.stop()
     # Each "[memory]" event is one allocation (+bytes) or free (-bytes) of torch's CPU allocator.
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
@@ -165,6 +173,22 @@ def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
     for e in events:
         held += e.nbytes()
         out[0] = max(out[0], held)
+
+
+@contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """Silence file descriptor 2 while the profiler starts or stops: kineto's C++ logs a
+    "USDT: profiler_start/stop" line there each time, past any Python setting. Only those
+    two calls are muted, never the step being measured."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True) -> list[dict[str, Any]]:
