@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ngt.model.gravity import GravitySwitches, gravity_scores, score_dtype
+from ngt.model.gravity import GravitySwitches, gravity_scores, mass_scaled_values, score_dtype
 
 
 class LayerCache:
@@ -65,8 +65,7 @@ def cached_gravity_attention(
 ) -> torch.Tensor:
     """``reference_attention`` for the new rows against every cached token and themselves."""
     T, L = cache.length, zq.shape[-2]
-    if sw.mass == "value":  # the reference scales V_j by m_j before A @ V: keep V already scaled
-        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+    v = mass_scaled_values(v, m, sw)  # cached already scaled, as reference scales V before A @ V
     f = score_dtype(zq)
     zq = zq.to(f)
     # |z|^2 is kept with each key, so a step computes it for the new rows only; the rest of

@@ -30,13 +30,16 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from ngt.model.counter_dropout import dropout_keep, dropout_seed
-from ngt.model.gravity import EPS, GravitySwitches, reference_attention, row_tables, score_dtype
+from ngt.model.gravity import (EPS, GravitySwitches, compiled_attention, mass_scaled_values, reference_attention,
+                               row_tables, score_dtype)
 
 # The distance is a difference of large terms: TF32 dot products would cost it ~3 digits.
 _KERNEL_OPTIONS = {"FLOAT32_PRECISION": "'ieee'"}
 # FlexAttention's CUDA kernels refuse value heads narrower than this (torch 2.11: "NYI");
 # such toy widths take the compiled path instead.
 MIN_HEAD_DIM = 16
+
+
 def distance_operands(zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q', k' with ``q'_i . k'_j == ||z_i - z_j||^2``, zero-padded to a multiple of 16
     columns (an aligned row for the GPU kernels; zeros add nothing to the dot product)."""
@@ -122,15 +125,11 @@ def flex_gravity_attention(
     if diagnostics is not None:
         return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
     if v.shape[-1] < MIN_HEAD_DIM:
-        from ngt.model.gravity import compiled_attention
-
         return compiled_attention(zq, v, m, gamma, beta, r, sw, dropout_p)
     L = zq.shape[2]
     f = score_dtype(zq)
     q, k = distance_operands(zq.to(f))
-    vv = v.to(f)
-    if sw.mass == "value":
-        vv = vv * m.to(f).unsqueeze(1).unsqueeze(-1)
+    vv = mass_scaled_values(v.to(f), m, sw)
     copies = 2 if dropout_p > 0 else 1
     if copies == 2:
         k = torch.cat([k, k], dim=2)

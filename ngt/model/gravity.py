@@ -75,6 +75,14 @@ def score_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def mass_scaled_values(v: torch.Tensor, m: torch.Tensor, sw: GravitySwitches) -> torch.Tensor:
+    """V as attention multiplies it: each value row times its token's mass when masses
+    weight the values (SPEC's ``mass_in_value``), else V itself."""
+    if sw.mass != "value":
+        return v
+    return v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+
+
 def row_tables(m: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, r: torch.Tensor, sw: GravitySwitches,
                f: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For kernels that see one score at a time: per query row, ``a`` = gamma and ``c`` =
@@ -125,8 +133,7 @@ def reference_attention(
         attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
     else:
         attn = attn * keep / (1.0 - dropout_p)
-    if sw.mass == "value":
-        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+    v = mass_scaled_values(v, m, sw)
     return attn.to(v.dtype) @ v
 
 
@@ -169,8 +176,7 @@ def blocked_attention(
     causality lets it see: the same scores and softmax, on about half the pairs."""
     f = score_dtype(zq)
     zq, m, gamma, beta, r = zq.to(f), m.to(f), gamma.to(f), beta.to(f), r.to(f)
-    if sw.mass == "value":
-        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+    v = mass_scaled_values(v, m, sw)
     # Masks as an added 0 / -inf that is not differentiated: the softmax already gives
     # masked pairs a zero gradient, so backward needs no saved mask (masked_fill's does).
     smooth = replace(sw, radius="none") if sw.radius == "hard" else sw

@@ -11,7 +11,7 @@ per-row tables it captures arrive by one atomic add per score. Here
 - P @ V and the backward's products with V and dO run in the values' dtype: bf16 on
   tensor cores under AMP, float32 (IEEE) otherwise;
 - dropout keeps or drops each weight by a counter-based hash of (seed, batch, head,
-  query, key), the same mask as ``ngt.model.flex``, recomputed in backward, never stored;
+  query, key), the same mask as ``ngt.model.counter_dropout`` (and flex), recomputed in backward, never stored;
 - the gradients of the per-row tables (gamma and beta times the masses), of the key
   masses and of the soft radius are summed in registers along the row or column a
   program owns and written once: no atomics, and the same bits on every run.
@@ -27,9 +27,8 @@ against ``reference`` on a machine without a GPU (tests/test_triton_gravity.py).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import os
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ngt.model.counter_dropout import dropout_seed
-from ngt.model.gravity import GravitySwitches, reference_attention, row_tables, score_dtype
+from ngt.model.gravity import GravitySwitches, mass_scaled_values, reference_attention, row_tables, score_dtype
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _RADIUS = {"none": 0, "hard": 1, "soft": 2}
@@ -365,9 +364,10 @@ class _GravityAttention(torch.autograd.Function):
         DV = v.shape[-1]
         threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
         dout = dout.to(v.dtype).contiguous()
+        do32, o32 = dout.float(), out.float()
         # sum_j dP_ij P_ij = dO_i . O_i, with or without dropout
-        delta = (dout.float() * out.float()).sum(-1)
-        own = (dout.float() * (v.float() * rescale - out.float())).sum(-1)  # see _probabilities
+        delta = (do32 * o32).sum(-1)
+        own = (do32 * (v.float() * rescale - o32)).sum(-1)  # see _probabilities
         dz_keys, dz_queries = torch.empty_like(z), torch.empty_like(z)
         dv = torch.empty_like(v)
         dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
@@ -404,9 +404,7 @@ def triton_gravity_attention(
     ch, dh = zq.shape[-1], v.shape[-1]
     # Zero columns change no distance and no output; autograd drops their gradients.
     z = F.pad(zq.to(f), (0, _width(ch) - ch)).contiguous()
-    if sw.mass == "value":
-        v = v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
-    vv = F.pad(v, (0, _width(dh) - dh)).contiguous()
+    vv = F.pad(mass_scaled_values(v, m, sw), (0, _width(dh) - dh)).contiguous()
     a, c, r2 = row_tables(m, gamma, beta, r, sw, f)
     out = _GravityAttention.apply(z, vv, a.contiguous(), c.contiguous(), m.to(f).contiguous(), r2.reshape(()),
                                   sw, float(dropout_p), dropout_seed(seed, dropout_p, zq.device))
