@@ -34,9 +34,12 @@ from typing import Any, Iterator, Optional
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import Config, register_configs
+from ngt.errors import NGTError, one_line
 from ngt.model import build_model, count_params
 from ngt.model.gravity import resolve_backend
 from ngt.naming import register_resolvers
@@ -307,5 +310,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     return report
 
 
+def cli() -> None:
+    """``python -m ngt.bench``: a bad override or an impossible setting is one line, not a traceback."""
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except NGTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import register_configs
-from ngt.errors import NGTError
+from ngt.errors import NGTError, one_line
 from ngt.naming import register_resolvers, sweep_name
 from ngt.rundir import RunDir
 
@@ -55,19 +54,6 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if multirun:  # let the other runs of the grid go on; the sweep reports the failure at its end
         return {"status": "failed", "message": message}
     sys.exit(2)
-
-
-def one_line(e: BaseException) -> str:
-    """Hydra's and OmegaConf's multi-line messages as one line: what failed, why, the choices."""
-    text = str(e)
-    line = text.strip().splitlines()[0].rstrip(".") if text.strip() else type(e).__name__
-    cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
-        line += ": " + str(cause).strip().splitlines()[0]
-    options = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
-    if options:
-        line += " (available: " + ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip()) + ")"
-    return line
 
 
 def _quoted(value: object) -> str:

@@ -1,6 +1,8 @@
 """``python -m ngt.bench`` on a model small enough to time in seconds: the report's shape."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -32,3 +34,14 @@ def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
     rows = json.loads(out.read_text())["context_sweep"]
     assert [r["block"] for r in rows] == [256, 512]
     assert all(r["peak_memory_mb"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args, named", [(["variant=nope"], "variant/nope"),
+                                         (["model.dropout=abc"], "model.dropout=abc"),
+                                         (["train.nope=1"], "train.nope")])
+def test_bad_settings_are_one_line_errors(tmp_path, args, named):
+    done = subprocess.run([sys.executable, "-m", "ngt.bench", "--model", "tiny", "--out", str(tmp_path / "b.json"),
+                           *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and named in done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "b.json").exists()
