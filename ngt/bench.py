@@ -96,6 +96,8 @@ class Runner:
     def __post_init__(self):
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
+        # As the trainer does: train.compile=true times the compiled model.
+        self.train_model = torch.compile(self.model) if self.cfg.train.compile else self.model
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -115,7 +117,7 @@ class Runner:
         v = self.cfg.variant
         every = v.repulsion_interval if v.arch == "ngt" else 0
         rep = Repulsion(v.repulsion_weight, v.repulsion_samples, self.rep_gen) if every and self.step % every == 0 else None
-        result = train_step(self.model, self.model, self.optimizer, self.scaler, self.amp_ctx, [self.batch],
+        result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, [self.batch],
                             self.cfg.train.grad_clip, rep)
         if not result.stepped:
             raise RuntimeError(f"{self.name}: loss {result.loss} is not finite")
@@ -218,6 +220,51 @@ def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True)
     return rows
 
 
+def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict[str, Any]]:
+    """Where each variant's step goes, from torch's profiler over ``steps`` more steps: the
+    wall time, how much of it the device spends in kernels (a step whose kernels fill little
+    of its wall time is bound by launching them from Python), the number of kernels, and
+    the ops that take the most device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for r in runners:
+        cuda = r.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        _sync(r.device)
+        with _native_stderr_muted():
+            prof = profile(activities=activities)
+            prof.start()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            r.run_step()
+        _sync(r.device)
+        wall_ms = 1000 * (time.perf_counter() - t0) / steps
+        with _native_stderr_muted():
+            prof.stop()
+        events = prof.key_averages()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        kernels = [e for e in prof.events() if cuda and e.device_type == torch.autograd.DeviceType.CUDA]
+        ops = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+        row = {
+            "variant": r.name, "attn": r.attn, "wall_ms_per_step": wall_ms,
+            "device_busy_ms_per_step": sum(k.time_range.elapsed_us() for k in kernels) / 1000 / steps if cuda else None,
+            "kernels_per_step": len(kernels) / steps if cuda else None,
+            # Each one leaves the device idle until the host has queued the next kernels.
+            "host_syncs_per_step": sum(e.count for e in events if "Synchronize" in e.key) / steps if cuda else None,
+            "top_ops": [{"name": e.key, "ms_per_step": getattr(e, key) / 1000 / steps, "calls_per_step": e.count / steps}
+                        for e in ops],
+        }
+        rows.append(row)
+        busy = (f", kernels busy {row['device_busy_ms_per_step']:.1f} ms ({row['kernels_per_step']:.0f} kernels, "
+                f"{row['host_syncs_per_step']:.0f} host syncs)" if cuda else "")
+        print(f"\n{r.name} ({r.attn}): {wall_ms:.1f} ms/step under the profiler{busy}; "
+              f"top ops by {'device' if cuda else 'CPU'} time per step:")
+        for op in row["top_ops"]:
+            print(f"  {op['ms_per_step']:8.2f} ms  {op['calls_per_step']:6.0f}x  {op['name'][:90]}")
+    return rows
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "memory" in str(err).lower()
 
@@ -275,6 +322,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--context-sweep", action="store_true", help="time and memory at L = 256, 512, ... instead")
     p.add_argument("--max-context", type=int, default=4096)
     p.add_argument("--sweep-steps", type=int, default=3)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N more steps per variant: device busy time, kernel count, top ops")
     p.add_argument("--out", default="bench.json")
     p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1")
     return p.parse_args(argv)
@@ -305,6 +354,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         runners = [Runner(v, compose_config(size, v, extra), device, size.vocab) for v in variants]
         report["variants"] = measure(runners, args.steps, args.warmup)
         print_table(report["variants"])
+        if args.profile:
+            report["profile"] = profile_steps(runners, args.profile)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return report

@@ -112,6 +112,9 @@ def test_bf16_values_as_under_amp():
     cores, distances and softmax stay float32, as reference does with bf16 values."""
     x = inputs(B=4, H=4, L=256, ch=16, dh=64, dtype=torch.float32, device=DEVICE)
     x["v"] = x["v"].detach().to(torch.bfloat16).requires_grad_()
+    # 16 coordinates put random tokens about 5.7 apart: a radius of 6 keeps most pairs, not
+    # only each token itself (where every gradient but dV is 0).
+    x["r"] = torch.tensor(6.0, device=DEVICE, requires_grad=True)
     ref_out, ref_grads = run(BACKENDS["reference"], x, DEFAULT)
     out, grads = run(triton_attention, x, DEFAULT)
     assert out.dtype == torch.bfloat16 and grads["v"].dtype == torch.bfloat16
@@ -119,6 +122,7 @@ def test_bf16_values_as_under_amp():
     for name in NAMES:
         if ref_grads[name] is not None:
             scale = float(ref_grads[name].abs().max())
+            assert scale > 0, f"d/d{name} is 0: the test would check nothing"
             torch.testing.assert_close(grads[name].float(), ref_grads[name].float(), rtol=5e-2, atol=2e-2 * scale,
                                        msg=lambda m: f"d/d{name}: {m}")
 

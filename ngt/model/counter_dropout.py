@@ -31,8 +31,12 @@ def dropout_keep(seed: torch.Tensor, b, h, q_idx, kv_idx, n_heads: int, seq_len:
 
 def dropout_seed(seed: torch.Tensor | None, p: float, device: torch.device) -> torch.Tensor:
     """The call's seed as an int64 scalar on ``device``: the given one, else one drawn from
-    torch's generator (so runs stay reproducible under ``torch.manual_seed``); 0 without
-    dropout, where it is never read and must not consume a draw."""
+    ``device``'s generator (so runs stay reproducible under ``torch.manual_seed``); 0 without
+    dropout, where it is never read and must not consume a draw. Made on the device, never
+    copied there: a copy from the host would wait for every kernel queued before it, once
+    per layer."""
     if seed is None:
-        seed = torch.randint(0, 2**31, (), dtype=torch.int64) if p > 0 else torch.zeros((), dtype=torch.int64)
+        if p > 0:
+            return torch.randint(0, 2**31, (), dtype=torch.int64, device=device)
+        return torch.zeros((), dtype=torch.int64, device=device)
     return seed.to(device=device, dtype=torch.int64)

@@ -117,7 +117,8 @@ def repulsion_energy(z: torch.Tensor, m: torch.Tensor, n_samples: int, generator
     the global RNG, so turning repulsion on changed every other random draw).
     """
     L = z.shape[1]
-    idx = torch.randperm(L, generator=generator)[: min(n_samples, L)].to(z.device)
+    # non_blocking: a plain copy to the GPU would wait there for the whole forward pass.
+    idx = torch.randperm(L, generator=generator)[: min(n_samples, L)].to(z.device, non_blocking=True)
     zs, ms = z[:, idx].float(), m[:, idx].float()
     d2 = squared_distances(zs).clamp_min(1e-6)
     i, j = torch.triu_indices(len(idx), len(idx), offset=1, device=z.device)
