@@ -224,7 +224,7 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
             p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
         acc = acc * scale[:, None] + _dot_v(p.to(v.dtype), v, IEEE_PV)
         top = new_top
-    out = acc * (rescale / total)[:, None]
+    out = acc * (tl.cast(rescale, tl.float32) / total)[:, None]  # float32: torch.compile passes floats as fp64
     in_rows = rows < L
     dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
@@ -247,6 +247,7 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     dp = _dot_v(do, tl.trans(v), IEEE_PV)
     if DROPOUT:
         keep = _keep(stream, rows, cols, L, threshold)
+        rescale = tl.cast(rescale, tl.float32)  # torch.compile passes Python floats as fp64
         kept = tl.where(keep, p * rescale, 0.0)
         dp = tl.where(keep, dp * rescale, 0.0)
         own_term = tl.where(keep, own[:, None], -delta[:, None])
