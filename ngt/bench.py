@@ -43,7 +43,7 @@ from ngt.errors import NGTError, one_line
 from ngt.model import build_model, count_params
 from ngt.model.gravity import resolve_backend
 from ngt.naming import register_resolvers
-from ngt.train import Repulsion, _amp, make_optimizer, pick_device, train_step
+from ngt.train import Repulsion, _amp, compile_model, make_optimizer, pick_device, train_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = ("baseline", "ngt_default", "mass_in_value", "no_repulsion", "repulsion_interval_8", "no_radius",
@@ -97,7 +97,7 @@ class Runner:
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
         # As the trainer does: train.compile=true times the compiled model.
-        self.train_model = torch.compile(self.model) if self.cfg.train.compile else self.model
+        self.train_model = compile_model(self.model, self.cfg.train)
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)

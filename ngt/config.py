@@ -83,6 +83,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a scaler
     compile: bool = False
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs: no per-kernel launch cost
+    # from Python, which bounds small models' steps on a GPU) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     log_every: int = 10  # progress line every N steps

@@ -34,7 +34,7 @@ log = logging.getLogger("ngt.train")
 
 # Keys that may differ between a checkpoint's config and the config resuming it:
 # where and how fast it runs, and (to continue a finished run) how long.
-_RESUMABLE_CHANGES = ("budget", "train.device", "train.threads", "train.log_every", "train.compile", "model.attn_impl", "sweep")
+_RESUMABLE_CHANGES = ("budget", "train.device", "train.threads", "train.log_every", "train.compile", "train.compile_mode", "model.attn_impl", "sweep")
 
 
 class Diverged(NGTError):
@@ -49,6 +49,19 @@ def lr_at(step: int, cfg: Config) -> float:
     span = max(1, b.max_steps - b.warmup_steps)
     progress = min(1.0, (step - b.warmup_steps) / span)
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model: torch.nn.Module, t: TrainConfig) -> torch.nn.Module:
+    """What training calls: ``model`` itself, or under ``train.compile`` its compiled
+    wrapper (same parameters) in ``train.compile_mode``."""
+    if not t.compile:
+        return model
+    if t.compile_mode not in COMPILE_MODES:
+        raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
+    return torch.compile(model, mode=t.compile_mode)
 
 
 def pick_device(name: str, job_num: int = 0) -> torch.device:
@@ -285,7 +298,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     elif rd.metrics.exists():
         rd.rewrite_metrics([])  # a run that died before its first checkpoint starts over
 
-    train_model = torch.compile(model) if cfg.train.compile else model
+    train_model = compile_model(model, cfg.train)
     params = matched_params(cfg.model, vocab)
     tokens_per_step = cfg.train.batch_size * cfg.train.block_size * cfg.train.grad_accum
     eval_val = fixed_batches(data.val, cfg.budget.eval_batches, cfg.train.batch_size, cfg.train.block_size, cfg.eval_seed)
