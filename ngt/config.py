@@ -43,7 +43,7 @@ class ModelConfig:
     dropout: float = 0.1
     init: str = "gpt2"  # gpt2 | torch_default (the original's, first loss ~200+)
     radius_init: float = 4.0  # raw value; r = softplus(radius_raw)
-    attn_impl: str = "auto"  # auto | reference | compiled | flex | triton (the last two CUDA; see ngt.model.gravity.resolve_backend)
+    attn_impl: str = "auto"  # auto | reference | compiled | triton (CUDA); see ngt.model.gravity.resolve_backend
 
 
 @dataclass

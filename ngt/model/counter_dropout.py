@@ -2,9 +2,8 @@
 L x L weights: whether weight (b, h, query, key) survives is a hash of those indices and
 a per-call seed, so forward and backward recompute the same mask wherever they need it.
 
-The FlexAttention backend evaluates ``dropout_keep`` inside its score_mod; the Triton
-kernels (``ngt.model.triton_gravity``) compute the same bits in Triton, and the tests
-check them against this statement of it.
+The Triton kernels (``ngt.model.triton_gravity``) compute these bits in Triton; this is
+the statement of them that the tests check the kernels against.
 """
 
 from __future__ import annotations

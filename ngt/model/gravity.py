@@ -225,12 +225,6 @@ def compiled_attention(
     return _compiled_blocks()(zq, v, m, gamma, beta, r, sw, dropout_p)
 
 
-def _flex_attention(*args, **kwargs) -> torch.Tensor:
-    from ngt.model.flex import flex_gravity_attention  # imports this module: resolved at call time
-
-    return flex_gravity_attention(*args, **kwargs)
-
-
 def _triton_attention(*args, **kwargs) -> torch.Tensor:
     from ngt.model.triton_gravity import triton_gravity_attention  # imports triton: only when chosen
 
@@ -240,7 +234,6 @@ def _triton_attention(*args, **kwargs) -> torch.Tensor:
 BACKENDS: dict[str, AttentionFn] = {
     "reference": reference_attention,
     "compiled": compiled_attention,
-    "flex": _flex_attention,
     "triton": _triton_attention,
 }
 
@@ -266,9 +259,8 @@ def available(name: str, device: torch.device) -> bool:
         return True
     if name == "compiled":
         return can_compile(device)
-    # FlexAttention has no backward on CPU, and Triton kernels run on CPU only in its
-    # interpreter (for tests): training with either needs CUDA.
-    return name in ("flex", "triton") and device.type == "cuda" and can_compile(device)
+    # Triton kernels run on CPU only in its interpreter (for tests): training needs CUDA.
+    return name == "triton" and device.type == "cuda" and can_compile(device)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -277,9 +269,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
     kernels, else reference.
 
     On an H100 at w3_25m (block 512, batch 16, dropout 0.1) an ngt_default step took
-    31.6 ms with triton and 43.2 ms with flex, against the baseline's 18.3 and 17.6 ms;
-    triton matched reference there in every parity test, flex missed in the gradients of
-    gamma and the masses (tests/test_backends.py), so flex stays opt-in."""
+    31.6 ms with triton against the baseline's 18.3 ms, and triton matched reference
+    there in every parity test (README, 'Speed').
+    """
     if name == "auto":
         return next(b for b in ("triton", "compiled", "reference") if available(b, device))
     if name not in BACKENDS:
