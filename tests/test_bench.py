@@ -38,10 +38,24 @@ def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
 
 @pytest.mark.parametrize("args, named", [(["variant=nope"], "variant/nope"),
                                          (["model.dropout=abc"], "model.dropout=abc"),
-                                         (["train.nope=1"], "train.nope")])
+                                         (["train.nope=1"], "train.nope"),
+                                         (["train.compile=true", "train.compile_mode=fast"], "train.compile_mode='fast'")])
 def test_bad_settings_are_one_line_errors(tmp_path, args, named):
     done = subprocess.run([sys.executable, "-m", "ngt.bench", "--model", "tiny", "--out", str(tmp_path / "b.json"),
                            *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and named in done.stderr
     assert done.stderr.count("\n") == 1 and not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_times_the_compiled_model_under_train_compile(tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    out = tmp_path / "bench.json"
+    main(["--model", "tiny", "--batch", "2", "--block", "32", "--steps", "1", "--warmup", "1", "--impl", "reference",
+          "--threads", "0", "--variants", "baseline,ngt_default", "--out", str(out), *SMALL, "train.compile=true"])
+    rows = json.loads(out.read_text())["variants"]
+    assert [r["variant"] for r in rows] == ["baseline", "ngt_default"] and all(r["ms_per_step"] > 0 for r in rows)
+    assert counters["stats"]["unique_graphs"] >= 2  # both models went through torch.compile
