@@ -111,15 +111,26 @@ def _key_cols(Z, V, MK, bh, b, cols, L, CH: tl.constexpr, DV: tl.constexpr, MASS
 
 
 @triton.jit
-def _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV: tl.constexpr):
-    """What backward knows per query row: log-sum-exp, dO . O, ``own`` and dO (BM, DV)."""
+def _lse_do(LSE, DO, bh, rows, L, DV: tl.constexpr):
+    """A block of query rows' log-sum-exp and dO (BM, DV)."""
     in_rows = rows < L
     dv = tl.arange(0, DV)
     lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
-    delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
-    own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
     do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
-    return lse, delta, own, do
+    return lse, do
+
+
+@triton.jit
+def _delta_own(O, V, do, bh, rows, L, rescale, DV: tl.constexpr):
+    """Per query row, in float32: delta = dO . O, which is sum_j dP_ij P_ij with or without
+    dropout, and ``own`` = dO . (V_i / (1 - p) - O) (see _probabilities)."""
+    in_rows = rows < L
+    dv = tl.arange(0, DV)
+    at = (bh * L + rows[:, None]) * DV + dv[None, :]
+    o = tl.load(O + at, mask=in_rows[:, None], other=0.0).to(tl.float32)
+    v = tl.load(V + at, mask=in_rows[:, None], other=0.0).to(tl.float32)
+    do = do.to(tl.float32)
+    return tl.sum(do * o, 1), tl.sum(do * (v * tl.cast(rescale, tl.float32) - o), 1)
 
 
 @triton.jit
@@ -267,7 +278,7 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
                      MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                      DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
     """One block of keys against every query that sees it: dV, the key side of dz, and
-    the key masses' gradient."""
+    the key masses' gradient. Runs after _bwd_queries_kernel, which wrote DELTA and OWN."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -281,7 +292,9 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     for start in range((pid_n * BN // BM) * BM, L, BM):
         rows = start + tl.arange(0, BM)
         zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
-        lse, delta, own, do = _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV)
+        lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
+        delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
+        own = tl.load(OWN + bh * L + rows, mask=rows < L, other=0.0)
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
         dv_acc += _dot_v(tl.trans(kept).to(do.dtype), do, IEEE_PV)
@@ -299,17 +312,21 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
 
 @_bwd_tiles
 @triton.jit
-def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DA, DC, DR2, H, L, threshold, rescale,
+def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA, DC, DR2, H, L, threshold, rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                         MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                         DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
     """One block of queries against every key it sees: the query side of dz, the row
-    tables' gradients, and this block's share of the radius's."""
+    tables' gradients, and this block's share of the radius's. First it computes its rows'
+    delta and ``own`` from dO, O and V and writes them for _bwd_keys_kernel."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rows = pid_m * BM + tl.arange(0, BM)
     zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
-    lse, delta, own, do = _grad_rows(LSE, DELTA, OWN, DO, bh, rows, L, DV)
+    lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
+    delta, own = _delta_own(O, V, do, bh, rows, L, rescale, DV)
+    tl.store(DELTA + bh * L + rows, delta, mask=rows < L)
+    tl.store(OWN + bh * L + rows, own, mask=rows < L)
     r2 = tl.load(R2)
     stream = _stream(SEED, bh)
 
@@ -369,18 +386,15 @@ class _GravityAttention(torch.autograd.Function):
         DV = v.shape[-1]
         threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
         dout = dout.to(v.dtype).contiguous()
-        do32, o32 = dout.float(), out.float()
-        # sum_j dP_ij P_ij = dO_i . O_i, with or without dropout
-        delta = (do32 * o32).sum(-1)
-        own = (do32 * (v.float() * rescale - o32)).sum(-1)  # see _probabilities
         dz_keys, dz_queries = torch.empty_like(z), torch.empty_like(z)
         dv = torch.empty_like(v)
-        dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
+        delta, own, dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(6))
         common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
+        # Queries first: they write the rows' delta and own, which the keys kernel reads.
+        _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
+            *common, out, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         _bwd_keys_kernel[lambda meta: (triton.cdiv(L, meta["BN"]), B * H)](
             *common, dz_keys, dv, dm, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
-        _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
-            *common, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         return dz_keys + dz_queries, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
 
 
