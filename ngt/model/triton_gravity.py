@@ -426,7 +426,7 @@ def triton_gravity_attention(
         return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
     f = score_dtype(zq)
     dh = v.shape[-1]
-    z = _padded(zq.to(f))
+    z = _padded(zq.to(dtype=f, memory_format=torch.contiguous_format))  # one copy, not a cast and then a copy
     vv = _padded(mass_scaled_values(v, m, sw))
     a, c, r2 = row_tables(m, gamma, beta, r, sw, f)
     out = _GravityAttention.apply(z, vv, a.contiguous(), c.contiguous(), m.to(f).contiguous(), r2.reshape(()),
