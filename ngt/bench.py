@@ -96,8 +96,8 @@ class Runner:
     def __post_init__(self):
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
-        # As the trainer does: train.compile=true times the compiled model.
-        self.train_model = compile_model(self.model, self.cfg.train)
+        # As the trainer runs it: compiled on CUDA or under train.compile=true.
+        self.train_model = compile_model(self.model, self.cfg.train, self.device)
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)

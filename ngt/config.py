@@ -82,7 +82,11 @@ class TrainConfig:
     beta2: float = 0.999
     grad_clip: float = 1.0
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a scaler
-    compile: bool = False
+    # torch.compile the model for training; null (the default): on CUDA, off on CPU. On an
+    # H100 it took w3_25m's steps from 18.3 to 14.0 ms (baseline) and 31.6 to 19.0 ms (NGT):
+    # eager steps there are bound by launching kernels from Python. On CPU the attention
+    # backends compile what matters themselves, and compiling the rest costs more than it saves.
+    compile: Optional[bool] = None
     # torch.compile's mode: default | reduce-overhead (CUDA graphs: no per-kernel launch cost
     # from Python, which bounds small models' steps on a GPU) | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"

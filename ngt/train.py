@@ -25,7 +25,7 @@ from ngt.config import Config, TrainConfig
 from ngt.data import TokenData, load_token_data
 from ngt.errors import NGTError
 from ngt.model import build_model, count_params, matched_params, repulsion_energy
-from ngt.model.gravity import resolve_backend
+from ngt.model.gravity import can_compile, resolve_backend
 from ngt.model.layers import causal_lm_loss
 from ngt.rundir import RunDir, finite_or_none
 from ngt.signals import StopRequest
@@ -54,10 +54,12 @@ def lr_at(step: int, cfg: Config) -> float:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_model(model: torch.nn.Module, t: TrainConfig) -> torch.nn.Module:
-    """What training calls: ``model`` itself, or under ``train.compile`` its compiled
-    wrapper (same parameters) in ``train.compile_mode``."""
-    if not t.compile:
+def compile_model(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """What training calls: ``model`` itself, or under ``train.compile`` (by default on
+    CUDA, where inductor can build kernels) its compiled wrapper, with the same parameters,
+    in ``train.compile_mode``."""
+    on = t.compile if t.compile is not None else device.type == "cuda" and can_compile(device)
+    if not on:
         return model
     if t.compile_mode not in COMPILE_MODES:
         raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
@@ -298,7 +300,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     elif rd.metrics.exists():
         rd.rewrite_metrics([])  # a run that died before its first checkpoint starts over
 
-    train_model = compile_model(model, cfg.train)
+    train_model = compile_model(model, cfg.train, device)
     params = matched_params(cfg.model, vocab)
     tokens_per_step = cfg.train.batch_size * cfg.train.block_size * cfg.train.grad_accum
     eval_val = fixed_batches(data.val, cfg.budget.eval_batches, cfg.train.batch_size, cfg.train.block_size, cfg.eval_seed)

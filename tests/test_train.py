@@ -82,3 +82,17 @@ def test_relaunching_a_completed_run_skips_it(reference_run):
     assert "skipped" in proc.stderr + proc.stdout
     assert (ref / "metrics.jsonl").read_text() == before
     assert time.time() - t0 < 30
+
+
+def test_the_model_is_compiled_by_default_on_cuda_only():
+    from ngt.config import TrainConfig
+    from ngt.model.gravity import can_compile
+    from ngt.train import compile_model
+
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model, TrainConfig(), torch.device("cpu")) is model
+    assert isinstance(compile_model(model, TrainConfig(compile=True), torch.device("cpu")),
+                      torch._dynamo.eval_frame.OptimizedModule)
+    cuda = torch.device("cuda")
+    assert (compile_model(model, TrainConfig(), cuda) is not model) == can_compile(cuda)
+    assert compile_model(model, TrainConfig(compile=False), cuda) is model
