@@ -5,7 +5,8 @@
 #   b) full training steps at w3_25m, block 512, batch 16 with SPEC's dropout 0.1: baseline
 #      and NGT variants eager, then compiled (the CUDA default), each profiled for two
 #      steps (device busy time, kernels, host syncs, top ops);
-#   c) time and peak memory against context length, L = 256 .. 4096, baseline and ngt_default.
+#   c) time and peak memory against context length, L = 256 .. 4096, baseline and ngt_default;
+#   d) the trainer end to end on CUDA (compiled, triton): a smoke run of baseline and ngt_default.
 # Every part's output goes to $OUT/log.txt (bench tables and JSON files beside it). Each
 # part has its own time limit, cut to what is left of TOTAL_S seconds (default 540) so the
 # whole run ends in time; a part that fails or has no time left does not stop the next.
@@ -47,3 +48,7 @@ part b_eager 120 "${BENCH[@]}" --out "$OUT/bench_eager.json" train.compile=false
 part b_compiled 220 "${BENCH[@]}" --out "$OUT/bench_compiled.json" train.compile=true
 part c_context_sweep 90 python -m ngt.bench --device cuda --model w3_25m --batch 4 --context-sweep --max-context 4096 \
     --sweep-steps 3 --warmup 1 --variants baseline,ngt_default --out "$OUT/context_sweep.json" train.compile=false
+for variant in baseline ngt_default; do
+  part "d_train_$variant" 90 python -m ngt.screen variant=$variant budget=smoke train.device=cuda \
+      hydra.run.dir=/tmp/ngt-gpu-check/$variant
+done
