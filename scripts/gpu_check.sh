@@ -6,7 +6,9 @@
 #      and NGT variants eager, then compiled (the CUDA default), each profiled for two
 #      steps (device busy time, kernels, host syncs, top ops);
 #   c) time and peak memory against context length, L = 256 .. 4096, baseline and ngt_default;
-#   d) the trainer end to end on CUDA (compiled, triton): a smoke run of baseline and ngt_default.
+#   d) the trainer end to end on CUDA (compiled, triton): a smoke run of baseline and ngt_default;
+#   e) with what time is left: b) under CUDA graphs (train.compile_mode=reduce-overhead), which
+#      would take the launching of kernels off the step (a first try outran 150 s compiling).
 # Every part's output goes to $OUT/log.txt (bench tables and JSON files beside it). Each
 # part has its own time limit, cut to what is left of TOTAL_S seconds (default 540) so the
 # whole run ends in time; a part that fails or has no time left does not stop the next.
@@ -52,3 +54,5 @@ for variant in baseline ngt_default; do
   part "d_train_$variant" 90 python -m ngt.screen variant=$variant budget=smoke train.device=cuda \
       hydra.run.dir=/tmp/ngt-gpu-check/$variant
 done
+part e_cuda_graphs 240 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_cuda_graphs.json" \
+    train.compile=true train.compile_mode=reduce-overhead
