@@ -27,13 +27,6 @@ F32 = {"out": dict(rtol=1e-4, atol=1e-5), "grad": dict(rtol=1e-3, atol=1e-4)}
 needs_compiler = pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="no C++ compiler for inductor")
 
 
-@pytest.fixture(autouse=True)
-def room_for_every_combination(monkeypatch):
-    # Each switch setting and shape is its own compiled graph; past dynamo's limit (8)
-    # it would quietly run eagerly and the test would check nothing compiled.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
-
-
 def inputs(B=2, H=2, L=40, ch=4, dh=8, dtype=torch.float64, device="cpu", seed=0) -> dict[str, torch.Tensor]:
     """L = 40 spans two query blocks of ``blocked_attention``; r = 2.2 cuts some pairs.
     Coordinates have variance 4 / ch, so squared distances average 8 at every width and
@@ -115,3 +108,12 @@ def test_ngt_with_compiled_attention_matches_reference():
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, **F32["grad"], msg=lambda m: f"{name}: {m}")
     assert ref_grads["blocks.0.attn.radius_raw"].abs() > 0
+
+
+def test_compiling_leaves_room_for_every_switch_setting_and_shape():
+    """Twelve switch settings times a few shapes are more graphs than dynamo's default
+    limit of 8, past which it would warn and quietly run eagerly (a grid in one process)."""
+    from ngt.model.gravity import _compiled_blocks
+
+    _compiled_blocks()
+    assert torch._dynamo.config.recompile_limit >= 64

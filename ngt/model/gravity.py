@@ -199,6 +199,10 @@ def blocked_attention(
 def _compiled_blocks() -> AttentionFn:
     # Static shapes: a run sees two or three (training, evaluation, a last partial batch),
     # and each gets its own fully specialised kernel instead of one slower symbolic one.
+    # A local grid runs every variant in one process: each switch setting times each shape
+    # is one more graph, past dynamo's default limit of 8 (which would warn, then run the
+    # rest eagerly, slower).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(blocked_attention, dynamic=False)
 
 
