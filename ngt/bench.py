@@ -319,7 +319,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2; 0 = torch's default)")
-    p.add_argument("--context-sweep", action="store_true", help="time and memory at L = 256, 512, ... instead")
+    p.add_argument("--context-sweep", action="store_true", help="time and memory at L = 256, 512, ... instead (on CUDA each length "
+                        "compiles, some 30 s a variant; train.compile=false times it eagerly)")
     p.add_argument("--max-context", type=int, default=4096)
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N",
