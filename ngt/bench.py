@@ -244,14 +244,19 @@ def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict
             prof.stop()
         events = prof.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
-        kernels = [e for e in prof.events() if cuda and e.device_type == torch.autograd.DeviceType.CUDA]
+        # Device-side events, less the GPU copies of record_function ranges (the optimizer's
+        # step, compiled regions): each spans kernels already counted.
+        kernels = [e for e in prof.events()
+                   if cuda and e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
         ops = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
         row = {
             "variant": r.name, "attn": r.attn, "wall_ms_per_step": wall_ms,
             "device_busy_ms_per_step": sum(k.time_range.elapsed_us() for k in kernels) / 1000 / steps if cuda else None,
             "kernels_per_step": len(kernels) / steps if cuda else None,
-            # Each one leaves the device idle until the host has queued the next kernels.
-            "host_syncs_per_step": sum(e.count for e in events if "Synchronize" in e.key) / steps if cuda else None,
+            # Each one leaves the device idle until the host has queued the next kernels. The
+            # device-wide sync is this function's own, after the steps.
+            "host_syncs_per_step": sum(e.count for e in events if "Synchronize" in e.key
+                                       and e.key != "cudaDeviceSynchronize") / steps if cuda else None,
             "top_ops": [{"name": e.key, "ms_per_step": getattr(e, key) / 1000 / steps, "calls_per_step": e.count / steps}
                         for e in ops],
         }

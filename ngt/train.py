@@ -25,7 +25,7 @@ from ngt.config import Config, TrainConfig
 from ngt.data import TokenData, load_token_data
 from ngt.errors import NGTError
 from ngt.model import build_model, count_params, matched_params, repulsion_energy
-from ngt.model.gravity import can_compile, resolve_backend
+from ngt.model.gravity import can_compile, resolve_backend, room_for_graphs
 from ngt.model.layers import causal_lm_loss
 from ngt.rundir import RunDir, finite_or_none
 from ngt.signals import StopRequest
@@ -58,11 +58,12 @@ def compile_model(model: torch.nn.Module, t: TrainConfig, device: torch.device) 
     """What training calls: ``model`` itself, or under ``train.compile`` (by default on
     CUDA, where inductor can build kernels) its compiled wrapper, with the same parameters,
     in ``train.compile_mode``."""
+    if t.compile_mode not in COMPILE_MODES:
+        raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
     on = t.compile if t.compile is not None else device.type == "cuda" and can_compile(device)
     if not on:
         return model
-    if t.compile_mode not in COMPILE_MODES:
-        raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
+    room_for_graphs()
     return torch.compile(model, mode=t.compile_mode)
 
 

@@ -199,11 +199,18 @@ def blocked_attention(
 def _compiled_blocks() -> AttentionFn:
     # Static shapes: a run sees two or three (training, evaluation, a last partial batch),
     # and each gets its own fully specialised kernel instead of one slower symbolic one.
-    # A local grid runs every variant in one process: each switch setting times each shape
-    # is one more graph, past dynamo's default limit of 8 (which would warn, then run the
-    # rest eagerly, slower).
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    room_for_graphs()
     return torch.compile(blocked_attention, dynamic=False)
+
+
+def room_for_graphs(limit: int = 64) -> None:
+    """Let dynamo keep up to ``limit`` graphs of one function. A local grid runs every
+    variant in one process: each switch setting, times each shape (and the model's
+    ``want_coords``), is one more graph, and past the default of 8 dynamo warns and runs
+    the rest eagerly, which would time later runs differently from earlier ones."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def compiled_attention(
