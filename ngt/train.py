@@ -315,6 +315,9 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
         "params": count_params(model), "params_ngt": params["ngt"], "params_baseline": params["baseline"],
         "final_step": step, "max_steps": cfg.budget.max_steps, "tokens_per_step": tokens_per_step,
         "attn_impl": resolve_backend(cfg.model.attn_impl, device) if cfg.variant.arch == "ngt" else "sdpa",
+        # Whether train.compile took effect here (its default depends on the device): compiled
+        # and eager steps differ in speed and, with dropout, in their random draws.
+        "compiled": train_model is not model,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
         "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,

@@ -40,6 +40,7 @@ def test_run_directory_contract(reference_run):
     assert s["val_loss_full"] > 0 and s["throughput"]["window"] == [5, 40]
     assert abs(s["params_baseline"] / s["params_ngt"] - 1) < 0.02 and s["params"] == s["params_ngt"]
     assert set(s["seeds"]) >= {"seed", "data_seed", "eval_seed"}
+    assert s["compiled"] is False  # train.compile's default on CPU
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scaler", "rng", "step", "tokenizer", "config"} <= set(state)

@@ -118,6 +118,7 @@ def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[s
         "peak_memory_kind": s.get("peak_memory_kind"),
         "device": s.get("device"),
         "attn_impl": s.get("attn_impl"),
+        "compiled": s.get("compiled"),  # throughput is comparable only between runs alike here
         "mass": variant_cfg.get("mass"),
         "radius": variant_cfg.get("radius"),
         "n_layers": model_cfg.get("n_layers"),

@@ -71,8 +71,8 @@ def csv_columns(sweep: Sweep) -> list[str]:
     return ["run", "name", "variant", "label", *sweep.override_keys, "seed", "data_seed", "eval_seed", "status",
             "message", "final_step", "last_eval_step", "max_steps", "params", "val_loss_final", "ppl_final",
             "train_loss_final", "val_loss_best", "best_step", "val_loss_full", "ppl_full", "throughput_window",
-            "steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl", "updated",
-            "path"]
+            "steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl", "compiled",
+            "updated", "path"]
 
 
 def common_step(sweep: Sweep) -> Optional[int]:
