@@ -34,12 +34,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import Config, register_configs
-from ngt.errors import NGTError, one_line
+from ngt.errors import exit_on_user_error
 from ngt.model import build_model, count_params
 from ngt.model.gravity import resolve_backend
 from ngt.naming import register_resolvers
@@ -161,16 +159,10 @@ def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
         _sync(device)
         out[0] = torch.cuda.max_memory_allocated(device) - start
         return
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _native_stderr_muted():
-        prof.start()
-    try:
+    with _profiling(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out
-    finally:
-        with _native_stderr_muted():
-            prof.stop()
     # Each "[memory]" event is one allocation (+bytes) or free (-bytes) of torch's CPU allocator.
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
@@ -178,6 +170,21 @@ def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
     for e in events:
         held += e.nbytes()
         out[0] = max(out[0], held)
+
+
+@contextmanager
+def _profiling(**kwargs: Any) -> Iterator[Any]:
+    """torch's profiler (``torch.profiler.profile(**kwargs)``) over the ``with`` body."""
+    from torch.profiler import profile
+
+    prof = profile(**kwargs)
+    with _native_stderr_muted():
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with _native_stderr_muted():
+            prof.stop()
 
 
 @contextmanager
@@ -225,23 +232,18 @@ def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict
     wall time, how much of it the device spends in kernels (a step whose kernels fill little
     of its wall time is bound by launching them from Python), the number of kernels, and
     the ops that take the most device time (CPU time on a CPU)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     rows = []
     for r in runners:
         cuda = r.device.type == "cuda"
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         _sync(r.device)
-        with _native_stderr_muted():
-            prof = profile(activities=activities)
-            prof.start()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            r.run_step()
-        _sync(r.device)
-        wall_ms = 1000 * (time.perf_counter() - t0) / steps
-        with _native_stderr_muted():
-            prof.stop()
+        with _profiling(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                r.run_step()
+            _sync(r.device)
+            wall_ms = 1000 * (time.perf_counter() - t0) / steps
         events = prof.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
         # Device-side events, less the GPU copies of record_function ranges (the optimizer's
@@ -324,8 +326,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2; 0 = torch's default)")
-    p.add_argument("--context-sweep", action="store_true", help="time and memory at L = 256, 512, ... instead (on CUDA each length "
-                        "compiles, some 30 s a variant; train.compile=false times it eagerly)")
+    p.add_argument("--context-sweep", action="store_true",
+                   help="time and memory at L = 256, 512, ... instead (on CUDA each length compiles, some 30 s "
+                        "a variant; train.compile=false times it eagerly)")
     p.add_argument("--max-context", type=int, default=4096)
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -369,14 +372,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
 def cli() -> None:
     """``python -m ngt.bench``: a bad override or an impossible setting is one line, not a traceback."""
-    try:
+    with exit_on_user_error():
         main()
-    except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except NGTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ exits non-zero; everything else is a bug and keeps its traceback in the run's lo
 """
 
 import re
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
+from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -24,3 +28,17 @@ def one_line(e: BaseException) -> str:
     if options:
         line += " (available: " + ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip()) + ")"
     return line
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For a command's entry point: a bad config or override (Hydra, OmegaConf) or an
+    ``NGTError`` ends the process with one ``error: ...`` line and exit status 2."""
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except NGTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -12,13 +12,11 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from ngt.config import register_configs
-from ngt.errors import NGTError, one_line
+from ngt.errors import NGTError, exit_on_user_error
 from ngt.naming import register_resolvers, sweep_name
 from ngt.rundir import RunDir
 
@@ -111,15 +109,9 @@ def cli() -> None:
     # Hydra would print config errors over several lines with a hint about stack traces;
     # letting them through to here lets us name the problem in one line instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
+    with exit_on_user_error():
         sys.argv[1:] = sweep_dir_argv(continue_argv(sys.argv[1:]))
         main()
-    except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except NGTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
