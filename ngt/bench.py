@@ -41,7 +41,7 @@ from ngt.errors import exit_on_user_error
 from ngt.model import build_model, count_params
 from ngt.model.gravity import resolve_backend
 from ngt.naming import register_resolvers
-from ngt.train import Repulsion, _amp, compile_model, make_optimizer, pick_device, train_step
+from ngt.train import Repulsion, _amp, compile_model, make_optimizer, pick_device, train_step, use_deterministic
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = ("baseline", "ngt_default", "mass_in_value", "no_repulsion", "repulsion_interval_8", "no_radius",
@@ -92,6 +92,7 @@ class Runner:
     step: int = 0
 
     def __post_init__(self):
+        use_deterministic(self.cfg.train)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
         # As the trainer runs it: compiled on CUDA or under train.compile=true.

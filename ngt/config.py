@@ -90,6 +90,11 @@ class TrainConfig:
     # torch.compile's mode: default | reduce-overhead (CUDA graphs: no per-kernel launch cost
     # from Python, which bounds small models' steps on a GPU) | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"
+    # torch.use_deterministic_algorithms for the run: on CUDA the same bits on every run,
+    # wherever torch has a deterministic kernel (it warns naming any op without one), for
+    # some speed: NGT's Triton backward then takes two passes instead of one that sums by
+    # atomic adds. CPU runs repeat bit for bit either way.
+    deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     log_every: int = 10  # progress line every N steps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
 import time
 from contextlib import nullcontext
@@ -34,7 +35,7 @@ log = logging.getLogger("ngt.train")
 
 # Keys that may differ between a checkpoint's config and the config resuming it:
 # where and how fast it runs, and (to continue a finished run) how long.
-_RESUMABLE_CHANGES = ("budget", "train.device", "train.threads", "train.log_every", "train.compile", "train.compile_mode", "model.attn_impl", "sweep")
+_RESUMABLE_CHANGES = ("budget", "train.device", "train.threads", "train.log_every", "train.compile", "train.compile_mode", "train.deterministic", "model.attn_impl", "sweep")
 
 
 class Diverged(NGTError):
@@ -65,6 +66,14 @@ def compile_model(model: torch.nn.Module, t: TrainConfig, device: torch.device) 
         return model
     room_for_graphs()
     return torch.compile(model, mode=t.compile_mode)
+
+
+def use_deterministic(t: TrainConfig) -> None:
+    """``train.deterministic``, for the whole process as torch keeps it. cuBLAS reads its
+    workspace setting once, so it is fixed before the first CUDA matmul."""
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
 
 
 def pick_device(name: str, job_num: int = 0) -> torch.device:
@@ -266,6 +275,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     validate(cfg, data)
     vocab = data.tokenizer.vocab_size
 
+    use_deterministic(cfg.train)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.variant, vocab, device)
     optimizer = make_optimizer(model, cfg.train)

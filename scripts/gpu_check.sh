@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 5, in one go on a GPU (about 6 minutes on an H100):
+# The CUDA checks of issue 5, in one go on a GPU (about 8 minutes on an H100):
 #   a) the triton backend against reference: outputs and every gradient, every switch
-#      setting, dropout, bf16 values (one tile shape per kernel, no autotuning);
+#      setting, dropout, bf16 values, both backwards (one tile shape per kernel, no autotuning);
 #   b) full training steps at w3_25m, block 512, batch 16 with SPEC's dropout 0.1: baseline
-#      and NGT variants eager, then compiled (the CUDA default), each profiled for two
-#      steps (device busy time, kernels, host syncs, top ops);
+#      and NGT variants compiled (the CUDA default), each profiled for two steps (device busy
+#      time, kernels, host syncs, top ops); then baseline and ngt_default under
+#      train.deterministic=true (the two-pass backward), then eager;
 #   c) time and peak memory against context length, L = 256 .. 4096, baseline and ngt_default;
 #   d) the trainer end to end on CUDA (compiled, triton): a smoke run of baseline and ngt_default;
 #   e) with what time is left: b) under CUDA graphs (train.compile_mode=reduce-overhead), which
@@ -40,14 +41,16 @@ part env 30 bash -c 'nvidia-smi; python -c "import torch, triton; print(\"torch\
 # Parity tests in parallel processes where pytest-xdist is installed: compiling the kernels
 # is most of their time.
 XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n 8")
-part a_tests 100 env NGT_TRITON_AUTOTUNE=0 python -m pytest $XDIST -p no:cacheprovider -rfs -m "gpu or not slow" \
+part a_tests 120 env NGT_TRITON_AUTOTUNE=0 python -m pytest $XDIST -p no:cacheprovider -rfs -m "gpu or not slow" \
     tests/test_triton_gravity.py -k "not under_the_interpreter"
 
 BENCH=(python -m ngt.bench --device cuda --model w3_25m --block 512 --batch 16 --steps 10 --warmup 3 --profile 2
        --variants baseline,ngt_default,mass_in_value,no_radius,soft_cutoff model.dropout=0.1)
-part b_eager 120 "${BENCH[@]}" --out "$OUT/bench_eager.json" train.compile=false
 # About 30 s of compiling per variant.
 part b_compiled 220 "${BENCH[@]}" --out "$OUT/bench_compiled.json" train.compile=true
+part b_deterministic 100 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_deterministic.json" \
+    train.compile=true train.deterministic=true
+part b_eager 120 "${BENCH[@]}" --out "$OUT/bench_eager.json" train.compile=false
 part c_context_sweep 90 python -m ngt.bench --device cuda --model w3_25m --batch 4 --context-sweep --max-context 4096 \
     --sweep-steps 3 --warmup 1 --variants baseline,ngt_default --out "$OUT/context_sweep.json" train.compile=false
 for variant in baseline ngt_default; do

@@ -1,6 +1,7 @@
 """Reproducibility, exact resume after SIGKILL, and the run directory contract."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -50,9 +51,24 @@ def test_run_directory_contract(reference_run):
 
 
 def test_same_seeds_same_numbers(reference_run, tmp_path):
+    """Under train.deterministic too: on CPU it changes no number."""
     args, ref = reference_run
-    screen(*args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
+    screen(*args, "train.deterministic=true", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
     assert numbers(tmp_path / "again") == numbers(ref)
+
+
+def test_train_deterministic_is_torchs_switch(monkeypatch):
+    from ngt.config import TrainConfig
+    from ngt.train import use_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        use_deterministic(TrainConfig(deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # what cuBLAS needs to repeat its sums
+    finally:
+        use_deterministic(TrainConfig())
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_sigkill_at_a_random_step_then_resume_is_the_same_run(reference_run, tmp_path):

@@ -6,9 +6,11 @@ same kernel code on CPU tensors (numpy underneath), which checks their math, mas
 tiling. The interpreter must be chosen before Triton sees a kernel, so
 ``test_kernels_under_the_interpreter`` runs this file again in a subprocess with
 TRITON_INTERPRET=1; that is the CPU twin of the CUDA tests, and runs in the default suite.
-Tolerances are test_backends' float32 ones.
+Tolerances are test_backends' float32 ones. Each gradient test runs both backwards:
+the default one pass, and the two passes taken under torch.use_deterministic_algorithms.
 """
 
+import contextlib
 import os
 import re
 import subprocess
@@ -34,6 +36,24 @@ on_kernels = pytest.mark.skipif(
     reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 (test_kernels_under_the_interpreter)")
 
 
+@contextlib.contextmanager
+def deterministic(on: bool):
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.fixture(params=["one_pass", "two_pass"])
+def backward(request):
+    """Which backward the kernels take: one pass adding the query side up by atomic adds
+    (the default), or two passes, under torch.use_deterministic_algorithms."""
+    with deterministic(request.param == "two_pass"):
+        yield request.param
+
+
 def triton_attention(*args, **kwargs):
     from ngt.model.triton_gravity import triton_gravity_attention
 
@@ -42,7 +62,7 @@ def triton_attention(*args, **kwargs):
 
 @on_kernels
 @pytest.mark.parametrize("sw", SWITCHES, ids=str)
-def test_matches_reference(sw):
+def test_matches_reference(sw, backward):
     """L = 40 leaves every tile of the forward (64 rows) and backward (32) partly past the end;
     coordinate width 4 and value width 8 are padded to the kernels' 16."""
     assert_matches(triton_attention, sw, F32["out"], F32["grad"], dtype=torch.float32, device=DEVICE)
@@ -50,14 +70,14 @@ def test_matches_reference(sw):
 
 @on_kernels
 @pytest.mark.parametrize("sw", [DEFAULT, GravitySwitches("value", "soft", False)], ids=str)
-def test_matches_reference_over_several_tiles(sw):
+def test_matches_reference_over_several_tiles(sw, backward):
     """L = 100: two row tiles forward, four key tiles, and backward's loops over several."""
     assert_matches(triton_attention, sw, F32["out"], F32["grad"], dtype=torch.float32, device=DEVICE, L=100,
                    ch=16, dh=16)
 
 
 @on_kernels
-def test_a_row_that_sees_only_itself_gives_no_gradient_noise():
+def test_a_row_that_sees_only_itself_gives_no_gradient_noise(backward):
     """Row 0 attends only to itself, so its weights have no gradient; the score's sensitivity
     to gamma there is 1 / eps = 1e6, so a rounding residue in dL/ds would show up in gamma's
     and the masses' gradients (the reason for ``own`` in the kernels)."""
@@ -65,6 +85,19 @@ def test_a_row_that_sees_only_itself_gives_no_gradient_noise():
     _, grads = run(triton_attention, x, DEFAULT)
     for name in ("zq", "m", "gamma", "beta"):
         assert not grads[name].any(), name
+
+
+@on_kernels
+def test_deterministic_backward_gives_the_same_bits_every_run():
+    """Under torch.use_deterministic_algorithms each gradient element is written by one
+    program, summed in a fixed order: two runs agree bit for bit (on a GPU the one-pass
+    backward's atomic adds need not, so there it only matches reference)."""
+    x = inputs(L=100, ch=16, dh=16, dtype=torch.float32, device=DEVICE)
+    with deterministic(True):
+        (out_a, grads_a), (out_b, grads_b) = (run(triton_attention, x, DEFAULT) for _ in range(2))
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    for name in NAMES:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=0, msg=lambda m: f"d/d{name}: {m}")
 
 
 def _keep_mask(seed: torch.Tensor, B: int, H: int, L: int, p: float) -> torch.Tensor:
@@ -75,7 +108,7 @@ def _keep_mask(seed: torch.Tensor, B: int, H: int, L: int, p: float) -> torch.Te
 
 @on_kernels
 @pytest.mark.parametrize("sw", [DEFAULT, GravitySwitches("value", "soft", True)], ids=str)
-def test_dropout_is_the_counter_mask_applied_after_the_softmax(sw):
+def test_dropout_is_the_counter_mask_applied_after_the_softmax(sw, backward):
     """Against reference with the same mask stated densely: outputs and every gradient."""
     p, seed = 0.25, torch.tensor(123)
     x = inputs(L=40, dtype=torch.float32, device=DEVICE)
@@ -108,7 +141,7 @@ def test_dropout_seed_fixes_the_mask():
 @on_kernels
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter's bf16 tl.dot is wrong (triton 3.9): CUDA only")
-def test_bf16_values_as_under_amp():
+def test_bf16_values_as_under_amp(backward):
     """Under AMP the values arrive in bf16: P @ V and the products with dO run on tensor
     cores, distances and softmax stay float32, as reference does with bf16 values."""
     x = inputs(B=4, H=4, L=256, ch=16, dh=64, dtype=torch.float32, device=DEVICE)
@@ -126,7 +159,7 @@ def test_bf16_values_as_under_amp():
 
 
 @on_kernels
-def test_whole_model_matches_reference():
+def test_whole_model_matches_reference(backward):
     """An NGT model on the kernels, soft cutoff so the radius has a gradient too."""
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, coord_dim=8, head_coord_dim=4, mlp_dim=48, context=64,
                       dropout=0.0)
@@ -155,5 +188,5 @@ def test_kernels_under_the_interpreter():
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) == 19, tail
+    assert passed and int(passed.group(1)) == 38, tail
     assert "skipped" not in proc.stdout, tail

@@ -14,13 +14,17 @@ the gradients of the per-row tables it captures arrive by one atomic add per sco
 - dropout keeps or drops each weight by a counter-based hash of (seed, batch, head,
   query, key), the same mask as ``ngt.model.counter_dropout``, recomputed in backward,
   never stored;
-- the gradients of the per-row tables (gamma and beta times the masses), of the key
-  masses and of the soft radius are summed in registers along the row or column a
-  program owns and written once: no atomics, and the same bits on every run.
+- the backward recomputes the scores once, by key block (as flash attention does): dV,
+  the key side of dz, the key masses' and the soft radius's gradients are summed in
+  registers along the keys a program owns; the query side of dz and the gradients of the
+  per-row tables (gamma and beta times the masses) are added up across programs by atomic
+  adds, as flash attention adds up dQ, so their float sums round in the order the GPU
+  runs them. Under ``torch.use_deterministic_algorithms`` (``train.deterministic``) the
+  backward takes two passes instead, one over query blocks and one over key blocks, each
+  writing only what it owns: the same bits on every run, for the cost of computing the
+  scores twice.
 
-Nothing L x L is stored: forward keeps the output and one log-sum-exp per row; backward
-recomputes the scores in two passes, one over key blocks (dV, the key side of dz, the key
-masses) and one over query blocks (the query side of dz, the row tables, the radius).
+Nothing L x L is stored: forward keeps the output and one log-sum-exp per row.
 
 Kernels are written for CUDA; with ``TRITON_INTERPRET=1`` set before this module is
 imported, Triton runs the same kernels on CPU tensors, which is how the tests check them
@@ -44,21 +48,27 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _RADIUS = {"none": 0, "hard": 1, "soft": 2}
 
 
-def _tiles(*shapes: tuple[int, int, int, int]):
+def _tiles(*shapes: tuple[int, int, int, int], restore: tuple[str, ...] = ()):
     """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length,
     widths and switch setting. The first shape is the only one under the interpreter (it
     cannot time anything) and with ``NGT_TRITON_AUTOTUNE=0``, which the CUDA parity tests
     use: they meet some 30 (length, switches) keys, and tuning each compiles every shape.
-    Forward keeps a few L x L tiles alive, backward about ten: its 64-key tiles spilled
-    registers when compiled for sm_90 (triton 3.9), so it has none."""
+    ``restore`` names the outputs a kernel adds into, which tuning's repeated runs must
+    find as they were. Forward keeps a few L x L tiles alive, backward about ten: its
+    64 x 64 tiles spilled registers when compiled for sm_90 (triton 3.9)."""
     configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
     if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("NGT_TRITON_AUTOTUNE") == "0":
         configs = configs[:1]
-    return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT"])
+    return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT"],
+                           restore_value=list(restore))
 
 
 _fwd_tiles = _tiles((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
-_bwd_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 3))
+_bwd_queries_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 3))
+# Wider key blocks too: the one-pass backward's atomic adds per pair go as 1 / BN.
+_bwd_keys_tiles = _tiles((32, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 3),
+                         restore=("DZ", "DA", "DC"))
+_ROWS_BM = 64  # the one-pass backward's row pass: one load of dO, O and V per row, nothing to tune
 
 
 @triton.jit
@@ -121,16 +131,21 @@ def _lse_do(LSE, DO, bh, rows, L, DV: tl.constexpr):
 
 
 @triton.jit
-def _delta_own(O, V, do, bh, rows, L, rescale, DV: tl.constexpr):
-    """Per query row, in float32: delta = dO . O, which is sum_j dP_ij P_ij with or without
-    dropout, and ``own`` = dO . (V_i / (1 - p) - O) (see _probabilities)."""
+def _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV: tl.constexpr):
+    """Per query row, in float32, written to DELTA and OWN and returned: delta = dO . O,
+    which is sum_j dP_ij P_ij with or without dropout, and ``own`` = dO . (V_i / (1 - p) - O)
+    (see _probabilities)."""
     in_rows = rows < L
     dv = tl.arange(0, DV)
     at = (bh * L + rows[:, None]) * DV + dv[None, :]
     o = tl.load(O + at, mask=in_rows[:, None], other=0.0).to(tl.float32)
     v = tl.load(V + at, mask=in_rows[:, None], other=0.0).to(tl.float32)
     do = do.to(tl.float32)
-    return tl.sum(do * o, 1), tl.sum(do * (v * tl.cast(rescale, tl.float32) - o), 1)
+    delta = tl.sum(do * o, 1)
+    own = tl.sum(do * (v * tl.cast(rescale, tl.float32) - o), 1)
+    tl.store(DELTA + bh * L + rows, delta, mask=in_rows)
+    tl.store(OWN + bh * L + rows, own, mask=in_rows)
+    return delta, own
 
 
 @triton.jit
@@ -271,30 +286,44 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     return kept, p * tl.where(diagonal, own_term, dp - delta[:, None])
 
 
-@_bwd_tiles
 @triton.jit
-def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DMK, H, L, threshold, rescale,
-                     CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+def _query_dz(zi, zjT, w):
+    """A tile's share of the query side of dz: d(d2_ij)/dz_i = 2 (z_i - z_j), summed over the keys j."""
+    return 2.0 * (zi * tl.sum(w, 1)[:, None] - tl.dot(w, tl.trans(zjT), input_precision="ieee"))
+
+
+@_bwd_keys_tiles
+@triton.jit
+def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DMK, DA, DC, DR2, H, L, threshold,
+                     rescale, CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                      MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
-                     DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
-    """One block of keys against every query that sees it: dV, the key side of dz, and
-    the key masses' gradient. Runs after _bwd_queries_kernel, which wrote DELTA and OWN."""
+                     DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr, ONE_PASS: tl.constexpr):
+    """One block of keys against every query that sees it: dV, the key side of dz (added
+    to DZ) and the key masses' gradient, from the rows' DELTA and OWN written before.
+
+    With ONE_PASS it is the whole backward: each tile's query-side terms (dz, the row
+    tables' gradients) are added to DZ, DA and DC (zeros before) by atomic adds, as flash
+    attention adds up dQ, and the radius's by key into DR2. Else _bwd_queries_kernel has
+    written those, and no two programs write one place: the same bits on every run."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     r2 = tl.load(R2)
     stream = _stream(SEED, bh)
+    ch = tl.arange(0, CH)
 
     dv_acc = tl.zeros([BN, DV], dtype=tl.float32)
     dzT_acc = tl.zeros([CH, BN], dtype=tl.float32)
     dm_acc = tl.zeros([BN], dtype=tl.float32)
+    dr2_acc = tl.zeros([BN], dtype=tl.float32)
     for start in range((pid_n * BN // BM) * BM, L, BM):
         rows = start + tl.arange(0, BM)
+        in_rows = rows < L
         zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
         lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
-        delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
-        own = tl.load(OWN + bh * L + rows, mask=rows < L, other=0.0)
+        delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
+        own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
         dv_acc += _dot_v(tl.trans(kept).to(do.dtype), do, IEEE_PV)
@@ -302,31 +331,49 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
         # d(d2_ij)/dz_j = 2 (z_j - z_i), summed over the queries i
         dzT_acc += 2.0 * (zjT * tl.sum(w, 0)[None, :] - tl.dot(tl.trans(zi), w, input_precision="ieee"))
         dm_acc += tl.sum(dm, 0)
+        if ONE_PASS:
+            tl.atomic_add(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], _query_dz(zi, zjT, w),
+                          mask=in_rows[:, None], sem="relaxed")
+            tl.atomic_add(DA + bh * L + rows, -tl.sum(dt * g, 1), mask=in_rows, sem="relaxed")
+            tl.atomic_add(DC + bh * L + rows, tl.sum(dt, 1), mask=in_rows, sem="relaxed")
+            dr2_acc += tl.sum(dr2, 0)
     in_cols = cols < L
-    ch = tl.arange(0, CH)
     dv = tl.arange(0, DV)
     tl.store(DVAL + (bh * L + cols[:, None]) * DV + dv[None, :], dv_acc.to(DVAL.dtype.element_ty), mask=in_cols[:, None])
-    tl.store(DZ + (bh * L + cols[None, :]) * CH + ch[:, None], dzT_acc, mask=in_cols[None, :])
+    dz_at = DZ + (bh * L + cols[None, :]) * CH + ch[:, None]
+    if ONE_PASS:
+        tl.atomic_add(dz_at, dzT_acc, mask=in_cols[None, :], sem="relaxed")
+        tl.store(DR2 + bh * L + cols, dr2_acc, mask=in_cols)
+    else:
+        tl.store(dz_at, tl.load(dz_at, mask=in_cols[None, :], other=0.0) + dzT_acc, mask=in_cols[None, :])
     tl.store(DMK + bh * L + cols, dm_acc, mask=in_cols)
 
 
-@_bwd_tiles
+@triton.jit
+def _bwd_rows_kernel(O, V, DO, DELTA, OWN, L, rescale, DV: tl.constexpr, BM: tl.constexpr):
+    """The one-pass backward's first step: every row's delta and ``own``."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    dv = tl.arange(0, DV)
+    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=(rows < L)[:, None], other=0.0)
+    _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV)
+
+
+@_bwd_queries_tiles
 @triton.jit
 def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA, DC, DR2, H, L, threshold, rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                         MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                         DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
-    """One block of queries against every key it sees: the query side of dz, the row
-    tables' gradients, and this block's share of the radius's. First it computes its rows'
-    delta and ``own`` from dO, O and V and writes them for _bwd_keys_kernel."""
+    """The deterministic backward's first pass: one block of queries against every key it
+    sees, writing the query side of dz, the row tables' gradients and this block's share
+    of the radius's. First it computes its rows' delta and ``own`` for _bwd_keys_kernel."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rows = pid_m * BM + tl.arange(0, BM)
     zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
     lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
-    delta, own = _delta_own(O, V, do, bh, rows, L, rescale, DV)
-    tl.store(DELTA + bh * L + rows, delta, mask=rows < L)
-    tl.store(OWN + bh * L + rows, own, mask=rows < L)
+    delta, own = _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV)
     r2 = tl.load(R2)
     stream = _stream(SEED, bh)
 
@@ -340,8 +387,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA
         s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
         kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
         w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
-        # d(d2_ij)/dz_i = 2 (z_i - z_j), summed over the keys j
-        dz_acc += 2.0 * (zi * tl.sum(w, 1)[:, None] - tl.dot(w, tl.trans(zjT), input_precision="ieee"))
+        dz_acc += _query_dz(zi, zjT, w)
         da_acc -= tl.sum(dt * g, 1)
         dc_acc += tl.sum(dt, 1)
         dr2_acc += tl.sum(dr2, 1)
@@ -377,6 +423,9 @@ class _GravityAttention(torch.autograd.Function):
         _fwd_kernel[grid](z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse)
         ctx.sw, ctx.dropout_p = sw, dropout_p
+        # Atomic adds sum in whatever order the GPU runs them; under
+        # torch.use_deterministic_algorithms the backward takes two passes instead.
+        ctx.one_pass = not torch.are_deterministic_algorithms_enabled()
         return out
 
     @staticmethod
@@ -386,16 +435,22 @@ class _GravityAttention(torch.autograd.Function):
         DV = v.shape[-1]
         threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
         dout = dout.to(v.dtype).contiguous()
-        dz_keys, dz_queries = torch.empty_like(z), torch.empty_like(z)
+        # One pass adds into dz, da and dc from many programs: they start at zero.
+        new = torch.zeros if ctx.one_pass else torch.empty
+        dz = new(z.shape, dtype=z.dtype, device=z.device)
+        da, dc = (new(B, H, L, dtype=torch.float32, device=z.device) for _ in range(2))
+        delta, own, dm, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
         dv = torch.empty_like(v)
-        delta, own, dm, da, dc, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(6))
         common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
-        # Queries first: they write the rows' delta and own, which the keys kernel reads.
-        _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
-            *common, out, dz_queries, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+        if ctx.one_pass:
+            _bwd_rows_kernel[(triton.cdiv(L, _ROWS_BM), B * H)](out, v, dout, delta, own, L, rescale, DV=DV, BM=_ROWS_BM)
+        else:  # the query side first: it writes the rows' delta and own, which the keys kernel reads
+            _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
+                *common, out, dz, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         _bwd_keys_kernel[lambda meta: (triton.cdiv(L, meta["BN"]), B * H)](
-            *common, dz_keys, dv, dm, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
-        return dz_keys + dz_queries, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
+            *common, dz, dv, dm, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, ONE_PASS=ctx.one_pass,
+            **switches)
+        return dz, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:
