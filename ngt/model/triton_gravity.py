@@ -48,26 +48,28 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _RADIUS = {"none": 0, "hard": 1, "soft": 2}
 
 
-def _tiles(*shapes: tuple[int, int, int, int], restore: tuple[str, ...] = ()):
+def _tiles(*shapes: tuple[int, int, int, int], restore: tuple[str, ...] = (), key: tuple[str, ...] = ()):
     """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length,
     widths and switch setting. The first shape is the only one under the interpreter (it
     cannot time anything) and with ``NGT_TRITON_AUTOTUNE=0``, which the CUDA parity tests
     use: they meet some 30 (length, switches) keys, and tuning each compiles every shape.
     ``restore`` names the outputs a kernel adds into, which tuning's repeated runs must
-    find as they were. Forward keeps a few L x L tiles alive, backward about ten: its
+    find as they were; ``key``, the kernel's own switches that change its best shape. Forward keeps a few L x L tiles alive, backward about ten: its
     64 x 64 tiles spilled registers when compiled for sm_90 (triton 3.9)."""
     configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
     if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("NGT_TRITON_AUTOTUNE") == "0":
         configs = configs[:1]
-    return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT"],
+    return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT", *key],
                            restore_value=list(restore))
 
 
 _fwd_tiles = _tiles((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _bwd_queries_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 3))
-# Wider key blocks too: the one-pass backward's atomic adds per pair go as 1 / BN.
-_bwd_keys_tiles = _tiles((32, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 3),
-                         restore=("DZ", "DA", "DC"))
+# Wider key blocks too: the one-pass backward's atomic adds per pair go as 1 / BN. None
+# of these spills registers for sm_90 (triton 3.6, one pass); 32 x 64 with 4 warps and
+# 64 x 32 with 8 did.
+_bwd_keys_tiles = _tiles((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3),
+                         (32, 32, 4, 3), restore=("DZ", "DA", "DC"), key=("ONE_PASS",))
 _ROWS_BM = 64  # the one-pass backward's row pass: one load of dO, O and V per row, nothing to tune
 
 
