@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA checks of issue 5, in one go on a GPU (about 8 minutes on an H100):
 #   a) the triton backend against reference: outputs and every gradient, every switch
-#      setting, dropout, bf16 values, both backwards (one tile shape per kernel, no autotuning);
+#      setting, dropout, bf16 values, both backwards, every tile shape of the one-pass one
+#      (no autotuning); then the whole-model test with autotuning, which re-runs kernels
+#      that add into their outputs (restore_value);
 #   b) full training steps at w3_25m, block 512, batch 16 with SPEC's dropout 0.1: baseline
 #      and NGT variants compiled (the CUDA default), each profiled for two steps (device busy
 #      time, kernels, host syncs, top ops); then baseline and ngt_default under
@@ -43,6 +45,7 @@ part env 30 bash -c 'nvidia-smi; python -c "import torch, triton; print(\"torch\
 XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n 8")
 part a_tests 120 env NGT_TRITON_AUTOTUNE=0 python -m pytest $XDIST -p no:cacheprovider -rfs -m "gpu or not slow" \
     tests/test_triton_gravity.py -k "not under_the_interpreter"
+part a_tuned 90 python -m pytest -p no:cacheprovider -rfs tests/test_triton_gravity.py -k whole_model
 
 BENCH=(python -m ngt.bench --device cuda --model w3_25m --block 512 --batch 16 --steps 10 --warmup 3 --profile 2
        --variants baseline,ngt_default,mass_in_value,no_radius,soft_cutoff model.dropout=0.1)

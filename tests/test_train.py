@@ -51,17 +51,23 @@ def test_run_directory_contract(reference_run):
 
 
 def test_same_seeds_same_numbers(reference_run, tmp_path):
-    """Under train.deterministic too: on CPU it changes no number."""
     args, ref = reference_run
-    screen(*args, "train.deterministic=true", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
+    screen(*args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
     assert numbers(tmp_path / "again") == numbers(ref)
+
+
+def test_train_deterministic_changes_no_number_on_cpu(reference_run, tmp_path):
+    args, ref = reference_run
+    screen(*args, "train.deterministic=true", f"hydra.run.dir={tmp_path / 'det'}", cwd=tmp_path, check=True)
+    assert numbers(tmp_path / "det") == numbers(ref)
 
 
 def test_train_deterministic_is_torchs_switch(monkeypatch):
     from ngt.config import TrainConfig
     from ngt.train import use_deterministic
 
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that monkeypatch restores what was there
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     try:
         use_deterministic(TrainConfig(deterministic=True))
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()

@@ -28,6 +28,9 @@ from ngt.model.gravity import BACKENDS, GravitySwitches, available
 from test_backends import DEFAULT, F32, NAMES, SWITCHES, assert_matches, inputs, run
 
 pytest.importorskip("triton")
+import triton  # noqa: E402
+
+import ngt.model.triton_gravity as tg  # noqa: E402  (defines kernels, compiles none)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -55,9 +58,7 @@ def backward(request):
 
 
 def triton_attention(*args, **kwargs):
-    from ngt.model.triton_gravity import triton_gravity_attention
-
-    return triton_gravity_attention(*args, **kwargs)
+    return tg.triton_gravity_attention(*args, **kwargs)
 
 
 @on_kernels
@@ -98,6 +99,48 @@ def test_deterministic_backward_gives_the_same_bits_every_run():
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
     for name in NAMES:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=0, msg=lambda m: f"d/d{name}: {m}")
+
+
+class _Launches:
+    """A kernel that counts its launches, and runs."""
+
+    def __init__(self, kernel):
+        self.kernel, self.count = kernel, 0
+
+    def __getitem__(self, grid):
+        self.count += 1
+        return self.kernel[grid]
+
+
+@on_kernels
+@pytest.mark.parametrize("on", [False, True], ids=["default", "deterministic"])
+def test_deterministic_algorithms_choose_two_passes_at_fixed_tile_shapes(on, monkeypatch):
+    """By default the forward and the one-pass backward run at the shapes their autotuners
+    pick; under deterministic algorithms the query pass runs too, and nothing is tuned."""
+    names = ("_fwd_kernel", "_fwd_tuned", "_bwd_rows_kernel", "_bwd_queries_kernel", "_bwd_keys_kernel",
+             "_bwd_keys_tuned")
+    spies = {name: _Launches(getattr(tg, name)) for name in names}
+    for name, spy in spies.items():
+        monkeypatch.setattr(tg, name, spy)
+    with deterministic(on):
+        run(triton_attention, inputs(L=40, dtype=torch.float32, device=DEVICE), DEFAULT)
+    launched = {name: spy.count for name, spy in spies.items() if spy.count}
+    if on:
+        assert launched == {"_fwd_kernel": 1, "_bwd_queries_kernel": 1, "_bwd_keys_kernel": 1}
+    else:
+        assert launched == {"_fwd_tuned": 1, "_bwd_rows_kernel": 1, "_bwd_keys_tuned": 1}
+
+
+@on_kernels
+@pytest.mark.parametrize("shape", tg._KEYS_SHAPES, ids=str)
+def test_every_tile_shape_of_the_one_pass_backward(shape, monkeypatch):
+    """Each shape the autotuner may pick, pinned in turn: L = 100 leaves every one's last
+    row and key blocks partly past the end."""
+    bm, bn, warps, stages = shape
+    monkeypatch.setattr(tg._bwd_keys_tuned, "configs",
+                        [triton.Config({"BM": bm, "BN": bn}, num_warps=warps, num_stages=stages)])
+    assert_matches(triton_attention, GravitySwitches("scores", "soft", True), F32["out"], F32["grad"],
+                   dtype=torch.float32, device=DEVICE, L=100, ch=16, dh=16)
 
 
 def _keep_mask(seed: torch.Tensor, B: int, H: int, L: int, p: float) -> torch.Tensor:
@@ -188,5 +231,5 @@ def test_kernels_under_the_interpreter():
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) == 38, tail
+    assert passed and int(passed.group(1)) == 46, tail
     assert "skipped" not in proc.stdout, tail

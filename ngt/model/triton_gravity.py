@@ -21,8 +21,9 @@ the gradients of the per-row tables it captures arrive by one atomic add per sco
   adds, as flash attention adds up dQ, so their float sums round in the order the GPU
   runs them. Under ``torch.use_deterministic_algorithms`` (``train.deterministic``) the
   backward takes two passes instead, one over query blocks and one over key blocks, each
-  writing only what it owns: the same bits on every run, for the cost of computing the
-  scores twice.
+  writing only what it owns, and every kernel runs at one fixed tile shape rather than
+  the one a timing picked (the shape sets the order of the sums): the same bits on every
+  run on one GPU and software stack, for the cost of computing the scores twice.
 
 Nothing L x L is stored: forward keeps the output and one log-sum-exp per row.
 
@@ -48,28 +49,38 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _RADIUS = {"none": 0, "hard": 1, "soft": 2}
 
 
-def _tiles(*shapes: tuple[int, int, int, int], restore: tuple[str, ...] = (), key: tuple[str, ...] = ()):
-    """Autotune over tile shapes (rows, keys, warps, pipeline stages), once per length,
-    widths and switch setting. The first shape is the only one under the interpreter (it
-    cannot time anything) and with ``NGT_TRITON_AUTOTUNE=0``, which the CUDA parity tests
-    use: they meet some 30 (length, switches) keys, and tuning each compiles every shape.
-    ``restore`` names the outputs a kernel adds into, which tuning's repeated runs must
-    find as they were; ``key``, the kernel's own switches that change its best shape. Forward keeps a few L x L tiles alive, backward about ten: its
-    64 x 64 tiles spilled registers when compiled for sm_90 (triton 3.9)."""
+def _tuned(kernel, *shapes: tuple[int, int, int, int], restore: tuple[str, ...] = (), key: tuple[str, ...] = ()):
+    """``kernel`` autotuned over tile shapes (rows, keys, warps, pipeline stages), once per
+    length, widths and switch setting; ``key`` adds the kernel's own switches. The first
+    shape is the only one under the interpreter (it cannot time anything) and with
+    ``NGT_TRITON_AUTOTUNE=0``, which the CUDA parity tests use: they meet some 30 (length,
+    switches) keys, and tuning each compiles every shape. ``restore`` names the outputs a
+    kernel adds into, which tuning's repeated runs must find as they were."""
     configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
     if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("NGT_TRITON_AUTOTUNE") == "0":
         configs = configs[:1]
     return triton.autotune(configs=configs, key=["L", "CH", "DV", "MASS_SCORES", "RADIUS", "RSQRT", "DROPOUT", *key],
-                           restore_value=list(restore))
+                           restore_value=list(restore))(kernel)
 
 
-_fwd_tiles = _tiles((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
-_bwd_queries_tiles = _tiles((32, 32, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 3))
-# Wider key blocks too: the one-pass backward's atomic adds per pair go as 1 / BN. None
-# of these spills registers for sm_90 (triton 3.6, one pass); 32 x 64 with 4 warps and
-# 64 x 32 with 8 did.
-_bwd_keys_tiles = _tiles((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3),
-                         (32, 32, 4, 3), restore=("DZ", "DA", "DC"), key=("ONE_PASS",))
+def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool, grid, *args, **meta) -> None:
+    """Run ``kernel`` over ``grid(tile)``: at the shape its autotuner ``tuned`` times
+    best, or at ``shape`` under deterministic algorithms (or without an autotuner). The
+    shape sets the order in which floats are summed, so there no timing may choose it."""
+    if tuned is not None and not deterministic:
+        tuned[grid](*args, **meta)
+        return
+    bm, bn, warps, stages = shape
+    kernel[grid({"BM": bm, "BN": bn})](*args, **meta, BM=bm, BN=bn, num_warps=warps, num_stages=stages)
+
+
+# Forward keeps a few L x L tiles alive, backward about ten. Backward's shapes are those
+# that compile for sm_90 (triton 3.6) without spilling registers: 64 x 64 tiles spill,
+# and so did 32 x 64 with 4 warps and 64 x 32 with 8. Wider key blocks mean fewer of
+# the one-pass backward's atomic adds per pair (they go as 1 / BN).
+_FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
+_KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
+_QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
 _ROWS_BM = 64  # the one-pass backward's row pass: one load of dO, O and V per row, nothing to tune
 
 
@@ -123,13 +134,17 @@ def _key_cols(Z, V, MK, bh, b, cols, L, CH: tl.constexpr, DV: tl.constexpr, MASS
 
 
 @triton.jit
+def _do_rows(DO, bh, rows, L, DV: tl.constexpr):
+    """A block of query rows' dO (BM, DV); zeros past the end."""
+    dv = tl.arange(0, DV)
+    return tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=(rows < L)[:, None], other=0.0)
+
+
+@triton.jit
 def _lse_do(LSE, DO, bh, rows, L, DV: tl.constexpr):
     """A block of query rows' log-sum-exp and dO (BM, DV)."""
-    in_rows = rows < L
-    dv = tl.arange(0, DV)
-    lse = tl.load(LSE + bh * L + rows, mask=in_rows, other=0.0)
-    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=in_rows[:, None], other=0.0)
-    return lse, do
+    lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=0.0)
+    return lse, _do_rows(DO, bh, rows, L, DV)
 
 
 @triton.jit
@@ -191,7 +206,9 @@ def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
     if RADIUS == 1:
         s = tl.where(d2 > r2, float("-inf"), s1)
     elif RADIUS == 2:
-        f = tl.maximum(1.0 - d2 / r2, 0.0)
+        # One division a tile, not one a pair: a GPU's divide is a reciprocal (on the same
+        # few special-function units as exp2 and rsqrt) and a multiply.
+        f = tl.maximum(1.0 - d2 * (1.0 / r2), 0.0)
         s = s1 * f
     else:
         s = s1
@@ -210,9 +227,10 @@ def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
     dr2 = tl.zeros_like(ds)
     if RADIUS == 2:
         ds1 = ds * f
-        inside = f > 0.0
-        w = tl.where(inside, -ds * s1 / r2, 0.0)
-        dr2 = tl.where(inside, ds * s1 * d2 / (r2 * r2), 0.0)
+        inv_r2 = 1.0 / r2  # as in _scores
+        u = tl.where(f > 0.0, ds * s1 * inv_r2, 0.0)  # dL/df is ds s1, and df/d(d2) is -1 / r2 inside
+        w = -u
+        dr2 = u * d2 * inv_r2
     if MASS_SCORES:
         dt = ds1 * m_j[None, :]
         dm = ds1 * t
@@ -223,7 +241,6 @@ def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
     return w, dt, dm, dr2
 
 
-@_fwd_tiles
 @triton.jit
 def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
                 CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -261,6 +278,9 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
 
 
+_fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
+
+
 @triton.jit
 def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale,
                    DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
@@ -294,7 +314,6 @@ def _query_dz(zi, zjT, w):
     return 2.0 * (zi * tl.sum(w, 1)[:, None] - tl.dot(w, tl.trans(zjT), input_precision="ieee"))
 
 
-@_bwd_keys_tiles
 @triton.jit
 def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DMK, DA, DC, DR2, H, L, threshold,
                      rescale, CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -306,7 +325,7 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     With ONE_PASS it is the whole backward: each tile's query-side terms (dz, the row
     tables' gradients) are added to DZ, DA and DC (zeros before) by atomic adds, as flash
     attention adds up dQ, and the radius's by key into DR2. Else _bwd_queries_kernel has
-    written those, and no two programs write one place: the same bits on every run."""
+    written those, and no two programs write one place."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -351,17 +370,17 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     tl.store(DMK + bh * L + cols, dm_acc, mask=in_cols)
 
 
+_bwd_keys_tuned = _tuned(_bwd_keys_kernel, *_KEYS_SHAPES, restore=("DZ", "DA", "DC"), key=("ONE_PASS",))
+
+
 @triton.jit
 def _bwd_rows_kernel(O, V, DO, DELTA, OWN, L, rescale, DV: tl.constexpr, BM: tl.constexpr):
     """The one-pass backward's first step: every row's delta and ``own``."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    dv = tl.arange(0, DV)
-    do = tl.load(DO + (bh * L + rows[:, None]) * DV + dv[None, :], mask=(rows < L)[:, None], other=0.0)
-    _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV)
+    _delta_own(O, V, _do_rows(DO, bh, rows, L, DV), DELTA, OWN, bh, rows, L, rescale, DV)
 
 
-@_bwd_queries_tiles
 @triton.jit
 def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA, DC, DR2, H, L, threshold, rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -421,13 +440,13 @@ class _GravityAttention(torch.autograd.Function):
         threshold, rescale, switches = _launch_args(sw, dropout_p, v)
         out = torch.empty_like(v)
         lse = torch.empty(B, H, L, dtype=torch.float32, device=z.device)
-        grid = lambda meta: (triton.cdiv(L, meta["BM"]), B * H)  # noqa: E731
-        _fwd_kernel[grid](z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+        # Atomic adds sum in whatever order the GPU runs them, and timing picks the tile
+        # shapes: under torch.use_deterministic_algorithms, neither.
+        ctx.deterministic = torch.are_deterministic_algorithms_enabled()
+        _launch(_fwd_kernel, _fwd_tuned, _FWD_SHAPES[0], ctx.deterministic, _by_rows(L, B * H),
+                z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse)
         ctx.sw, ctx.dropout_p = sw, dropout_p
-        # Atomic adds sum in whatever order the GPU runs them; under
-        # torch.use_deterministic_algorithms the backward takes two passes instead.
-        ctx.one_pass = not torch.are_deterministic_algorithms_enabled()
         return out
 
     @staticmethod
@@ -436,23 +455,35 @@ class _GravityAttention(torch.autograd.Function):
         B, H, L, CH = z.shape
         DV = v.shape[-1]
         threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
+        one_pass = not ctx.deterministic
         dout = dout.to(v.dtype).contiguous()
         # One pass adds into dz, da and dc from many programs: they start at zero.
-        new = torch.zeros if ctx.one_pass else torch.empty
+        new = torch.zeros if one_pass else torch.empty
         dz = new(z.shape, dtype=z.dtype, device=z.device)
         da, dc = (new(B, H, L, dtype=torch.float32, device=z.device) for _ in range(2))
         delta, own, dm, dr2 = (torch.empty(B, H, L, dtype=torch.float32, device=z.device) for _ in range(4))
         dv = torch.empty_like(v)
         common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
-        if ctx.one_pass:
-            _bwd_rows_kernel[(triton.cdiv(L, _ROWS_BM), B * H)](out, v, dout, delta, own, L, rescale, DV=DV, BM=_ROWS_BM)
+        if one_pass:
+            _bwd_rows_kernel[(triton.cdiv(L, _ROWS_BM), B * H)](out, v, dout, delta, own, L, rescale, DV=DV,
+                                                                BM=_ROWS_BM)
         else:  # the query side first: it writes the rows' delta and own, which the keys kernel reads
-            _bwd_queries_kernel[lambda meta: (triton.cdiv(L, meta["BM"]), B * H)](
-                *common, out, dz, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
-        _bwd_keys_kernel[lambda meta: (triton.cdiv(L, meta["BN"]), B * H)](
-            *common, dz, dv, dm, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, ONE_PASS=ctx.one_pass,
-            **switches)
+            _launch(_bwd_queries_kernel, None, _QUERIES_SHAPE, True, _by_rows(L, B * H),
+                    *common, out, dz, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+        _launch(_bwd_keys_kernel, _bwd_keys_tuned, _KEYS_SHAPES[0], ctx.deterministic, _by_keys(L, B * H),
+                *common, dz, dv, dm, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, ONE_PASS=one_pass,
+                **switches)
         return dz, dv, da, dc, dm.sum(1), dr2.sum().reshape(r2.shape), None, None, None
+
+
+def _by_rows(L: int, heads: int):
+    """A grid of one program per block of query rows (BM) per (batch, head)."""
+    return lambda tile: (triton.cdiv(L, tile["BM"]), heads)
+
+
+def _by_keys(L: int, heads: int):
+    """A grid of one program per block of keys (BN) per (batch, head)."""
+    return lambda tile: (triton.cdiv(L, tile["BN"]), heads)
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:
