@@ -91,8 +91,9 @@ def test_a_row_that_sees_only_itself_gives_no_gradient_noise(backward):
 @on_kernels
 def test_deterministic_backward_gives_the_same_bits_every_run():
     """Under torch.use_deterministic_algorithms each gradient element is written by one
-    program, summed in a fixed order: two runs agree bit for bit (on a GPU the one-pass
-    backward's atomic adds need not, so there it only matches reference)."""
+    program, summed in a fixed order, at fixed tile shapes: two runs agree bit for bit (the
+    one-pass backward's atomic adds need not, so it only matches reference). Only a GPU
+    can break this: the interpreter runs programs one after another."""
     x = inputs(L=100, ch=16, dh=16, dtype=torch.float32, device=DEVICE)
     with deterministic(True):
         (out_a, grads_a), (out_b, grads_b) = (run(triton_attention, x, DEFAULT) for _ in range(2))
