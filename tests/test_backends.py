@@ -110,10 +110,13 @@ def test_ngt_with_compiled_attention_matches_reference():
     assert ref_grads["blocks.0.attn.radius_raw"].abs() > 0
 
 
-def test_compiling_leaves_room_for_every_switch_setting_and_shape():
+def test_compiling_leaves_room_for_every_switch_setting_and_shape(monkeypatch):
     """Twelve switch settings times a few shapes are more graphs than dynamo's default
-    limit of 8, past which it would warn and quietly run eagerly (a grid in one process)."""
+    limit of 8, past which it would warn and quietly run eagerly (a grid in one process).
+    From that default, whatever an earlier test raised it to, and a fresh compile."""
     from ngt.model.gravity import _compiled_blocks
 
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 8)  # recompile_limit's older name, an alias
+    _compiled_blocks.cache_clear()
     _compiled_blocks()
-    assert torch._dynamo.config.cache_size_limit >= 64  # recompile_limit's older name, kept as an alias
+    assert torch._dynamo.config.cache_size_limit >= 64
