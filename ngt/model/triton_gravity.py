@@ -178,9 +178,12 @@ def _dot_v(a, b, IEEE_PV: tl.constexpr):
 
 @triton.jit
 def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
-            MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr):
-    """SPEC's scores for one (query block, key block) tile, causal and length masks
-    applied (-inf), with the intermediates backward needs.
+            MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr, EDGE: tl.constexpr):
+    """SPEC's scores for one (query block, key block) tile, with the intermediates backward
+    needs. On an EDGE tile (one the diagonal or the end of the keys crosses) the causal
+    and length masks are applied (-inf) and the diagonal's distance is 0; every other tile
+    lies wholly below the diagonal, so it needs none of that: most of a long sequence's
+    tiles, a few instructions a pair fewer in kernels that are bound by instructions.
 
     Returns (s, d2, g, t, s1, f, live): g = 1 / (d2 + eps), t = c_i - a_i g (the score
     before the key's mass), s1 = t m_j or t, f the soft cutoff's factor, live where the
@@ -189,9 +192,13 @@ def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
     sq_i = tl.sum(zi * zi, 1)
     sq_j = tl.sum(zjT * zjT, 0)
     raw = sq_i[:, None] + sq_j[None, :] - 2.0 * tl.dot(zi, zjT, input_precision="ieee")
-    diagonal = rows[:, None] == cols[None, :]
-    live = (raw >= 0.0) & (~diagonal)
-    d2 = tl.where(diagonal, 0.0, tl.maximum(raw, 0.0))
+    if EDGE:
+        diagonal = rows[:, None] == cols[None, :]
+        live = (raw >= 0.0) & (~diagonal)
+        d2 = tl.where(diagonal, 0.0, tl.maximum(raw, 0.0))
+    else:
+        live = raw >= 0.0
+        d2 = tl.maximum(raw, 0.0)
     if RSQRT:
         inv = tl.rsqrt(d2 + 1e-6)
         g = inv * inv
@@ -212,8 +219,10 @@ def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
         s = s1 * f
     else:
         s = s1
-    visible = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (cols[None, :] < L)
-    return tl.where(visible, s, float("-inf")), d2, g, t, s1, f, live
+    if EDGE:
+        visible = (cols[None, :] <= rows[:, None]) & (rows[:, None] < L) & (cols[None, :] < L)
+        s = tl.where(visible, s, float("-inf"))
+    return s, d2, g, t, s1, f, live
 
 
 @triton.jit
@@ -242,6 +251,30 @@ def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
 
 
 @triton.jit
+def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top, total, acc,
+              CH: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr, MASS_SCORES: tl.constexpr,
+              RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr,
+              EDGE: tl.constexpr):
+    """The forward's online softmax over one block of keys: the running row maximum
+    ``top`` (in the scores' units), the sum of weights ``total`` and ``acc`` = sum P V."""
+    cols = start + tl.arange(0, BN)
+    zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
+    s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
+    new_top = tl.maximum(top, tl.max(s, 1))
+    # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
+    # The maximum is taken before scaling to base 2, so each weight costs one fused
+    # multiply-add before its exp2.
+    shift = tl.where(new_top == float("-inf"), 0.0, new_top * LOG2E)
+    p = tl.math.exp2(s * LOG2E - shift[:, None])
+    scale = tl.math.exp2(top * LOG2E - shift)
+    total = total * scale + tl.sum(p, 1)
+    if DROPOUT:
+        p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
+    acc = acc * scale[:, None] + _dot_v(p.to(v.dtype), v, IEEE_PV)
+    return new_top, total, acc
+
+
+@triton.jit
 def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
                 CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
@@ -256,26 +289,18 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     top = tl.zeros([BM], dtype=tl.float32) + float("-inf")
     total = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, DV], dtype=tl.float32)
-    for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
-        cols = start + tl.arange(0, BN)
-        zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
-        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
-        s = s * LOG2E
-        new_top = tl.maximum(top, tl.max(s, 1))
-        # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
-        shift = tl.where(new_top == float("-inf"), 0.0, new_top)
-        p = tl.math.exp2(s - shift[:, None])
-        scale = tl.math.exp2(top - shift)
-        total = total * scale + tl.sum(p, 1)
-        if DROPOUT:
-            p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
-        acc = acc * scale[:, None] + _dot_v(p.to(v.dtype), v, IEEE_PV)
-        top = new_top
+    below = (pid_m * BM // BN) * BN  # keys before the block's first row: every row sees them all
+    for start in range(0, below, BN):
+        top, total, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top,
+                                    total, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, False)
+    for start in range(below, tl.minimum((pid_m + 1) * BM, L), BN):
+        top, total, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top,
+                                    total, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, True)
     out = acc * (tl.cast(rescale, tl.float32) / total)[:, None]  # float32: torch.compile passes floats as fp64
     in_rows = rows < L
     dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
-    tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
+    tl.store(LSE + bh * L + rows, top * LOG2E + tl.math.log2(total), mask=in_rows)
 
 
 _fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
@@ -283,11 +308,11 @@ _fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
 
 @triton.jit
 def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale,
-                   DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
+                   DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr, EDGE: tl.constexpr):
     """Backward's recomputation for a tile: the kept, rescaled weights (what multiplied V)
     and dL/ds = P (dP - dO_i . O_i), from the scores, the forward's log-sum-exp and dO.
 
-    On the diagonal that difference is taken before the dot product instead, as
+    On the diagonal (only EDGE tiles have one) that difference is taken before the dot product instead, as
     ``own`` = dO_i . (V_i / (1 - p) - O_i): where a token attends only to itself, O_i is
     V_i / (1 - p) exactly and this is exactly 0 (as the softmax's true gradient is),
     where dO_i . V_i - dO_i . O_i would leave a rounding residue, and its score's
@@ -304,14 +329,50 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     else:
         kept = p
         own_term = own[:, None]
-    diagonal = rows[:, None] == cols[None, :]
-    return kept, p * tl.where(diagonal, own_term, dp - delta[:, None])
+    if EDGE:
+        ds = p * tl.where(rows[:, None] == cols[None, :], own_term, dp - delta[:, None])
+    else:
+        ds = p * (dp - delta[:, None])
+    return kept, ds
 
 
 @triton.jit
 def _query_dz(zi, zjT, w):
     """A tile's share of the query side of dz: d(d2_ij)/dz_i = 2 (z_i - z_j), summed over the keys j."""
     return 2.0 * (zi * tl.sum(w, 1)[:, None] - tl.dot(w, tl.trans(zjT), input_precision="ieee"))
+
+
+@triton.jit
+def _keys_tile(start, Z, A, C, DO, LSE, DELTA, OWN, DZ, DA, DC, bh, L, zjT, v, m_j, cols, r2, stream, threshold,
+               rescale, dv_acc, dzT_acc, dm_acc, dr2_acc, CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr,
+               MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr,
+               IEEE_PV: tl.constexpr, ONE_PASS: tl.constexpr, EDGE: tl.constexpr):
+    """_bwd_keys_kernel's work for one block of queries against its block of keys. Rows
+    past the end need no mask where _scores applies none: their coordinates, row tables,
+    dO and delta load as zeros, so each of their scores is 0 or -inf, and every term they
+    add is a product with dO = 0 or with dL/ds = P (0 - 0)."""
+    rows = start + tl.arange(0, BM)
+    in_rows = rows < L
+    zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
+    lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
+    delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
+    own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
+    s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
+    kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV,
+                              EDGE)
+    dv_acc += _dot_v(tl.trans(kept).to(do.dtype), do, IEEE_PV)
+    w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
+    # d(d2_ij)/dz_j = 2 (z_j - z_i), summed over the queries i
+    dzT_acc += 2.0 * (zjT * tl.sum(w, 0)[None, :] - tl.dot(tl.trans(zi), w, input_precision="ieee"))
+    dm_acc += tl.sum(dm, 0)
+    if ONE_PASS:
+        ch = tl.arange(0, CH)
+        tl.atomic_add(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], _query_dz(zi, zjT, w),
+                      mask=in_rows[:, None], sem="relaxed")
+        tl.atomic_add(DA + bh * L + rows, -tl.sum(dt * g, 1), mask=in_rows, sem="relaxed")
+        tl.atomic_add(DC + bh * L + rows, tl.sum(dt, 1), mask=in_rows, sem="relaxed")
+        dr2_acc += tl.sum(dr2, 0)
+    return dv_acc, dzT_acc, dm_acc, dr2_acc
 
 
 @triton.jit
@@ -332,32 +393,24 @@ def _bwd_keys_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, DZ, DVAL, DM
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     r2 = tl.load(R2)
     stream = _stream(SEED, bh)
-    ch = tl.arange(0, CH)
 
     dv_acc = tl.zeros([BN, DV], dtype=tl.float32)
     dzT_acc = tl.zeros([CH, BN], dtype=tl.float32)
     dm_acc = tl.zeros([BN], dtype=tl.float32)
     dr2_acc = tl.zeros([BN], dtype=tl.float32)
-    for start in range((pid_n * BN // BM) * BM, L, BM):
-        rows = start + tl.arange(0, BM)
-        in_rows = rows < L
-        zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
-        lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
-        delta = tl.load(DELTA + bh * L + rows, mask=in_rows, other=0.0)
-        own = tl.load(OWN + bh * L + rows, mask=in_rows, other=0.0)
-        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
-        kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
-        dv_acc += _dot_v(tl.trans(kept).to(do.dtype), do, IEEE_PV)
-        w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
-        # d(d2_ij)/dz_j = 2 (z_j - z_i), summed over the queries i
-        dzT_acc += 2.0 * (zjT * tl.sum(w, 0)[None, :] - tl.dot(tl.trans(zi), w, input_precision="ieee"))
-        dm_acc += tl.sum(dm, 0)
-        if ONE_PASS:
-            tl.atomic_add(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], _query_dz(zi, zjT, w),
-                          mask=in_rows[:, None], sem="relaxed")
-            tl.atomic_add(DA + bh * L + rows, -tl.sum(dt * g, 1), mask=in_rows, sem="relaxed")
-            tl.atomic_add(DC + bh * L + rows, tl.sum(dt, 1), mask=in_rows, sem="relaxed")
-            dr2_acc += tl.sum(dr2, 0)
+    # Query blocks from ``below`` on lie wholly below this block of keys' diagonal.
+    below = ((pid_n + 1) * BN + BM - 1) // BM * BM
+    for start in range((pid_n * BN // BM) * BM, tl.minimum(below, L), BM):
+        dv_acc, dzT_acc, dm_acc, dr2_acc = _keys_tile(
+            start, Z, A, C, DO, LSE, DELTA, OWN, DZ, DA, DC, bh, L, zjT, v, m_j, cols, r2, stream, threshold,
+            rescale, dv_acc, dzT_acc, dm_acc, dr2_acc, CH, DV, BM, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV,
+            ONE_PASS, True)
+    for start in range(below, L, BM):
+        dv_acc, dzT_acc, dm_acc, dr2_acc = _keys_tile(
+            start, Z, A, C, DO, LSE, DELTA, OWN, DZ, DA, DC, bh, L, zjT, v, m_j, cols, r2, stream, threshold,
+            rescale, dv_acc, dzT_acc, dm_acc, dr2_acc, CH, DV, BM, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV,
+            ONE_PASS, False)
+    ch = tl.arange(0, CH)
     in_cols = cols < L
     dv = tl.arange(0, DV)
     tl.store(DVAL + (bh * L + cols[:, None]) * DV + dv[None, :], dv_acc.to(DVAL.dtype.element_ty), mask=in_cols[:, None])
@@ -382,6 +435,25 @@ def _bwd_rows_kernel(O, V, DO, DELTA, OWN, L, rescale, DV: tl.constexpr, BM: tl.
 
 
 @triton.jit
+def _queries_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, lse, do, delta, own, r2, stream, threshold, rescale,
+                  dz_acc, da_acc, dc_acc, dr2_acc, CH: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr,
+                  MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr,
+                  IEEE_PV: tl.constexpr, EDGE: tl.constexpr):
+    """_bwd_queries_kernel's work for its block of queries against one block of keys."""
+    cols = start + tl.arange(0, BN)
+    zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
+    s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
+    kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV,
+                              EDGE)
+    w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
+    dz_acc += _query_dz(zi, zjT, w)
+    da_acc -= tl.sum(dt * g, 1)
+    dc_acc += tl.sum(dt, 1)
+    dr2_acc += tl.sum(dr2, 1)
+    return dz_acc, da_acc, dc_acc, dr2_acc
+
+
+@triton.jit
 def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA, DC, DR2, H, L, threshold, rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                         MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
@@ -402,16 +474,15 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA
     da_acc = tl.zeros([BM], dtype=tl.float32)
     dc_acc = tl.zeros([BM], dtype=tl.float32)
     dr2_acc = tl.zeros([BM], dtype=tl.float32)
-    for start in range(0, tl.minimum((pid_m + 1) * BM, L), BN):
-        cols = start + tl.arange(0, BN)
-        zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
-        s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT)
-        kept, ds = _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, rescale, DROPOUT, IEEE_PV)
-        w, dt, dm, dr2 = _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2, MASS_SCORES, RADIUS)
-        dz_acc += _query_dz(zi, zjT, w)
-        da_acc -= tl.sum(dt * g, 1)
-        dc_acc += tl.sum(dt, 1)
-        dr2_acc += tl.sum(dr2, 1)
+    below = (pid_m * BM // BN) * BN  # as in _fwd_kernel
+    for start in range(0, below, BN):
+        dz_acc, da_acc, dc_acc, dr2_acc = _queries_tile(
+            start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, lse, do, delta, own, r2, stream, threshold, rescale,
+            dz_acc, da_acc, dc_acc, dr2_acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, False)
+    for start in range(below, tl.minimum((pid_m + 1) * BM, L), BN):
+        dz_acc, da_acc, dc_acc, dr2_acc = _queries_tile(
+            start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, lse, do, delta, own, r2, stream, threshold, rescale,
+            dz_acc, da_acc, dc_acc, dr2_acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, True)
     in_rows = rows < L
     ch = tl.arange(0, CH)
     tl.store(DZ + (bh * L + rows[:, None]) * CH + ch[None, :], dz_acc, mask=in_rows[:, None])
