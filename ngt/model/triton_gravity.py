@@ -75,9 +75,10 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
 
 
 # Forward keeps a few L x L tiles alive, backward about ten. Backward's shapes are those
-# that compile for sm_90 (triton 3.6) without spilling registers: 64 x 64 tiles spill,
-# and so did 32 x 64 with 4 warps and 64 x 32 with 8. Wider key blocks mean fewer of
-# the one-pass backward's atomic adds per pair (they go as 1 / BN).
+# that compile for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
+# registers, but for 4 bytes at 32 x 32 with the soft radius: with 4 warps, 32 x 64
+# spills 750-820 bytes and 64 x 32 90-830. Wider key blocks mean fewer of the one-pass
+# backward's atomic adds per pair (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
 _QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
