@@ -75,10 +75,11 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
 
 
 # Forward keeps a few L x L tiles alive, backward about ten. Backward's shapes are those
-# that compile for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
-# registers, but for 4 bytes at 32 x 32 with the soft radius: with 4 warps, 32 x 64
-# spills 750-820 bytes and 64 x 32 90-830. Wider key blocks mean fewer of the one-pass
-# backward's atomic adds per pair (they go as 1 / BN).
+# that compiled for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
+# registers; with 4 warps, 32 x 64 spills 750-820 bytes and 64 x 32 90-830. Splitting
+# the loops into edge and interior tiles raised register use: the forward's 64 x 64 and
+# 128 x 64 now spill 56-64 bytes, the keys kernel's 32 x 32 4 with the soft radius. Wider
+# key blocks mean fewer of the one-pass backward's atomic adds per pair (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
 _QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
@@ -257,17 +258,19 @@ def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, thresho
               RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr,
               EDGE: tl.constexpr):
     """The forward's online softmax over one block of keys: the running row maximum
-    ``top`` (in the scores' units), the sum of weights ``total`` and ``acc`` = sum P V."""
+    ``top`` (base 2: scores times log2 e), the sum of weights ``total`` and ``acc`` = sum P V."""
     cols = start + tl.arange(0, BN)
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
-    new_top = tl.maximum(top, tl.max(s, 1))
-    # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
     # The maximum is taken before scaling to base 2, so each weight costs one fused
-    # multiply-add before its exp2.
-    shift = tl.where(new_top == float("-inf"), 0.0, new_top * LOG2E)
+    # multiply-add before its exp2; ``top`` stays in base 2, so ``scale`` is exactly 1
+    # where the maximum did not move (a fused top * LOG2E - shift would leave a rounding
+    # error there, of one sign, compounding over the tiles).
+    new_top = tl.maximum(top, tl.max(s, 1) * LOG2E)
+    # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
+    shift = tl.where(new_top == float("-inf"), 0.0, new_top)
     p = tl.math.exp2(s * LOG2E - shift[:, None])
-    scale = tl.math.exp2(top * LOG2E - shift)
+    scale = tl.math.exp2(top - shift)
     total = total * scale + tl.sum(p, 1)
     if DROPOUT:
         p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
@@ -301,7 +304,7 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     in_rows = rows < L
     dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
-    tl.store(LSE + bh * L + rows, top * LOG2E + tl.math.log2(total), mask=in_rows)
+    tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
 
 
 _fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
