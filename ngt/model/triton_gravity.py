@@ -78,8 +78,9 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
 # that compiled for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
 # registers; with 4 warps, 32 x 64 spills 750-820 bytes and 64 x 32 90-830. Splitting
 # the loops into edge and interior tiles raised register use: the forward's 64 x 64 and
-# 128 x 64 now spill 56-64 bytes, the keys kernel's 32 x 32 4 with the soft radius. Wider
-# key blocks mean fewer of the one-pass backward's atomic adds per pair (they go as 1 / BN).
+# 128 x 64 now spill 56-64 bytes, the keys kernel's 32 x 32 (4 warps) 4 bytes with the
+# soft radius. Wider key blocks mean fewer of the one-pass backward's atomic adds per pair
+# (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
 _QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
