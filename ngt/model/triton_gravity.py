@@ -186,7 +186,7 @@ def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
     needs. On an EDGE tile (one the diagonal or the end of the keys crosses) the causal
     and length masks are applied (-inf) and the diagonal's distance is 0; every other tile
     lies wholly below the diagonal, so it needs none of that: most of a long sequence's
-    tiles, a few instructions a pair fewer in kernels that are bound by instructions.
+    tiles, each a few instructions a pair shorter (scripts/kernel_report.py counts them).
 
     Returns (s, d2, g, t, s1, f, live): g = 1 / (d2 + eps), t = c_i - a_i g (the score
     before the key's mass), s1 = t m_j or t, f the soft cutoff's factor, live where the
