@@ -335,8 +335,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N more steps per variant: device busy time, kernel count, top ops")
     p.add_argument("--out", default="bench.json")
-    p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1")
-    return p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1 (anywhere on "
+                                                "the line, as Hydra takes them)")
+    # Intermixed: overrides before and after options, which plain parse_args refuses.
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:

@@ -40,20 +40,29 @@ part() {  # part NAME LIMIT_S COMMAND...: run COMMAND, its output appended to $O
 
 part env 30 bash -c 'nvidia-smi; python -c "import torch, triton; print(\"torch\", torch.__version__, \"triton\", triton.__version__)"'
 
+BENCH=(python -m ngt.bench --device cuda --model w3_25m --block 512 --batch 16 --steps 30 --warmup 3)
+VARIANTS=baseline,ngt_default,mass_in_value,no_radius,soft_cutoff
+# About 30 s of compiling per variant. Options before overrides: an older ngt.bench (AB_TREE)
+# takes them in that order only.
+part b_compiled 220 "${BENCH[@]}" --variants $VARIANTS --profile 2 --out "$OUT/bench_compiled.json" model.dropout=0.1 train.compile=true
+
 # Parity tests in parallel processes where pytest-xdist is installed: compiling the kernels
 # is most of their time.
 XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n 8")
 part a_tests 120 env NGT_TRITON_AUTOTUNE=0 python -m pytest $XDIST -p no:cacheprovider -rfs -m "gpu or not slow" \
     tests/test_triton_gravity.py -k "not under_the_interpreter"
-part a_tuned 90 python -m pytest -p no:cacheprovider -rfs tests/test_triton_gravity.py -k whole_model
 
-BENCH=(python -m ngt.bench --device cuda --model w3_25m --block 512 --batch 16 --steps 10 --warmup 3 --profile 2
-       --variants baseline,ngt_default,mass_in_value,no_radius,soft_cutoff model.dropout=0.1)
-# About 30 s of compiling per variant.
-part b_compiled 220 "${BENCH[@]}" --out "$OUT/bench_compiled.json" train.compile=true
+if [[ -n $AB_TREE ]]; then
+  # Its own caches: the other tree's kernels share names with these.
+  part ab_compiled 90 env -C "$AB_TREE" PYTHONPATH="$AB_TREE:$PYTHONPATH" \
+      TORCHINDUCTOR_CACHE_DIR=/tmp/ngt-ab-inductor TRITON_CACHE_DIR=/tmp/ngt-ab-triton \
+      "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_ab.json" model.dropout=0.1 train.compile=true
+fi
+part a_tuned 90 python -m pytest -p no:cacheprovider -rfs tests/test_triton_gravity.py -k whole_model
 part b_deterministic 100 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_deterministic.json" \
-    train.compile=true train.deterministic=true
-part b_eager 120 "${BENCH[@]}" --out "$OUT/bench_eager.json" train.compile=false
+    model.dropout=0.1 train.compile=true train.deterministic=true
+part b_eager 120 "${BENCH[@]}" --variants $VARIANTS --profile 2 --out "$OUT/bench_eager.json" model.dropout=0.1 \
+    train.compile=false
 part c_context_sweep 90 python -m ngt.bench --device cuda --model w3_25m --batch 4 --context-sweep --max-context 4096 \
     --sweep-steps 3 --warmup 1 --variants baseline,ngt_default --out "$OUT/context_sweep.json" train.compile=false
 for variant in baseline ngt_default; do
@@ -61,4 +70,4 @@ for variant in baseline ngt_default; do
       hydra.run.dir=/tmp/ngt-gpu-check/$variant
 done
 part e_cuda_graphs 240 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_cuda_graphs.json" \
-    train.compile=true train.compile_mode=reduce-overhead
+    model.dropout=0.1 train.compile=true train.compile_mode=reduce-overhead
