@@ -259,19 +259,21 @@ def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, thresho
               RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr,
               EDGE: tl.constexpr):
     """The forward's online softmax over one block of keys: the running row maximum
-    ``top`` (base 2: scores times log2 e), the sum of weights ``total`` and ``acc`` = sum P V."""
+    ``top`` (in the scores' units), the sum of weights ``total`` and ``acc`` = sum P V."""
     cols = start + tl.arange(0, BN)
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
-    # The maximum is taken before scaling to base 2, so each weight costs one fused
-    # multiply-add before its exp2; ``top`` stays in base 2, so ``scale`` is exactly 1
-    # where the maximum did not move (a fused top * LOG2E - shift would leave a rounding
-    # error there, of one sign, compounding over the tiles).
-    new_top = tl.maximum(top, tl.max(s, 1) * LOG2E)
+    # Subtract, then scale to base 2: the row's largest score then weighs exactly 1, and
+    # ``scale`` is exactly 1 where the maximum did not move. s * LOG2E - shift would let the
+    # GPU fuse a multiply-add (the interpreter does not), leaving 2^(rounding of s LOG2E),
+    # up to 4% off at a diagonal's -1e6: a row that sees only itself then gets O != V,
+    # and dO . (V - O) times that score's 1e6 sensitivity is gamma's and the masses'
+    # gradient noise (the CUDA parity tests caught it).
+    new_top = tl.maximum(top, tl.max(s, 1))
     # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
     shift = tl.where(new_top == float("-inf"), 0.0, new_top)
-    p = tl.math.exp2(s * LOG2E - shift[:, None])
-    scale = tl.math.exp2(top - shift)
+    p = tl.math.exp2((s - shift[:, None]) * LOG2E)
+    scale = tl.math.exp2((top - shift) * LOG2E)
     total = total * scale + tl.sum(p, 1)
     if DROPOUT:
         p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
@@ -305,7 +307,7 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
     in_rows = rows < L
     dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
-    tl.store(LSE + bh * L + rows, top + tl.math.log2(total), mask=in_rows)
+    tl.store(LSE + bh * L + rows, top * LOG2E + tl.math.log2(total), mask=in_rows)  # base 2, as backward reads
 
 
 _fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
