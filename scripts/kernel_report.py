@@ -41,6 +41,7 @@ KERNELS = {  # name: (kernel, the shapes it runs at, its main loops in source or
 }
 OLDEST = (3, 6)  # the Triton whose compile API this is written against (and the GPU machine's)
 VALUES = {"V", "OUT", "DO", "DVAL", "O"}  # tensors in the values' dtype; other pointers are float32
+POINTERS = {"SEED": "*i64", "ALONE": "*i8"}
 SCALARS = {"H": "i32", "L": "i32", "threshold": "i32", "rescale": "fp32"}  # as Triton types L = 512, p = 0.1
 INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);")
 
@@ -58,7 +59,7 @@ def compile_sass(kernel, shape, switches: dict, values: str, ch: int, dv: int, a
         elif name in SCALARS:
             signature[name] = SCALARS[name]
         else:
-            signature[name] = "*i64" if name == "SEED" else f"*{values}" if name in VALUES else "*fp32"
+            signature[name] = POINTERS.get(name, f"*{values}" if name in VALUES else "*fp32")
         if name not in consts and (name == "L" or signature[name].startswith("*")):
             attrs[(i,)] = [["tt.divisibility", 16]]  # as Triton specializes aligned tensors and L = 512
     compiled = triton.compile(ASTSource(kernel, signature, consts, attrs), target=GPUTarget("cuda", arch, 32),

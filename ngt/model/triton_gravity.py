@@ -151,10 +151,12 @@ def _lse_do(LSE, DO, bh, rows, L, DV: tl.constexpr):
 
 
 @triton.jit
-def _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV: tl.constexpr):
+def _delta_own(O, V, ALONE, do, DELTA, OWN, bh, rows, L, rescale, DV: tl.constexpr):
     """Per query row, in float32, written to DELTA and OWN and returned: delta = dO . O,
     which is sum_j dP_ij P_ij with or without dropout, and ``own`` = dO . (V_i / (1 - p) - O)
-    (see _probabilities)."""
+    (see _probabilities), exactly 0 in the rows the forward found ALONE: there O is
+    V_i / (1 - p) in exact arithmetic only, as stored it is rounded (to bf16 under AMP, or
+    by a GPU's fused multiply-add in V_i / (1 - p) - O)."""
     in_rows = rows < L
     dv = tl.arange(0, DV)
     at = (bh * L + rows[:, None]) * DV + dv[None, :]
@@ -163,6 +165,7 @@ def _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV: tl.constexpr):
     do = do.to(tl.float32)
     delta = tl.sum(do * o, 1)
     own = tl.sum(do * (v * tl.cast(rescale, tl.float32) - o), 1)
+    own = tl.where(tl.load(ALONE + bh * L + rows, mask=in_rows, other=0) != 0, 0.0, own)
     tl.store(DELTA + bh * L + rows, delta, mask=in_rows)
     tl.store(OWN + bh * L + rows, own, mask=in_rows)
     return delta, own
@@ -254,12 +257,14 @@ def _score_grads(ds, d2, g, t, s1, f, live, a_i, m_j, r2,
 
 
 @triton.jit
-def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top, total, acc,
+def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top, total, itself, acc,
               CH: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr, MASS_SCORES: tl.constexpr,
               RADIUS: tl.constexpr, RSQRT: tl.constexpr, DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr,
               EDGE: tl.constexpr):
     """The forward's online softmax over one block of keys: the running row maximum
-    ``top`` (in the scores' units), the sum of weights ``total`` and ``acc`` = sum P V."""
+    ``top`` (in the scores' units), the sum of weights ``total``, the weight on the row's
+    own key ``itself`` (only EDGE tiles hold the diagonal; the interior ones come first,
+    while it is still 0) and ``acc`` = sum P V."""
     cols = start + tl.arange(0, BN)
     zjT, v, m_j = _key_cols(Z, V, MK, bh, bh // H, cols, L, CH, DV, MASS_SCORES)
     s, d2, g, t, s1, f, live = _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L, MASS_SCORES, RADIUS, RSQRT, EDGE)
@@ -275,14 +280,16 @@ def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, thresho
     p = tl.math.exp2((s - shift[:, None]) * LOG2E)
     scale = tl.math.exp2((top - shift) * LOG2E)
     total = total * scale + tl.sum(p, 1)
+    if EDGE:
+        itself = itself * scale + tl.sum(tl.where(rows[:, None] == cols[None, :], p, 0.0), 1)
     if DROPOUT:
         p = tl.where(_keep(stream, rows, cols, L, threshold), p, 0.0)
     acc = acc * scale[:, None] + _dot_v(p.to(v.dtype), v, IEEE_PV)
-    return new_top, total, acc
+    return new_top, total, itself, acc
 
 
 @triton.jit
-def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
+def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, ALONE, H, L, threshold, rescale,
                 CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                 DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
@@ -295,19 +302,26 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, H, L, threshold, rescale,
 
     top = tl.zeros([BM], dtype=tl.float32) + float("-inf")
     total = tl.zeros([BM], dtype=tl.float32)
+    itself = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, DV], dtype=tl.float32)
     below = (pid_m * BM // BN) * BN  # keys before the block's first row: every row sees them all
     for start in range(0, below, BN):
-        top, total, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top,
-                                    total, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, False)
+        top, total, itself, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold,
+                                            top, total, itself, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT,
+                                            DROPOUT, IEEE_PV, False)
     for start in range(below, tl.minimum((pid_m + 1) * BM, L), BN):
-        top, total, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold, top,
-                                    total, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT, DROPOUT, IEEE_PV, True)
+        top, total, itself, acc = _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, threshold,
+                                            top, total, itself, acc, CH, DV, BN, MASS_SCORES, RADIUS, RSQRT,
+                                            DROPOUT, IEEE_PV, True)
     out = acc * (tl.cast(rescale, tl.float32) / total)[:, None]  # float32: torch.compile passes floats as fp64
     in_rows = rows < L
     dv = tl.arange(0, DV)
     tl.store(OUT + (bh * L + rows[:, None]) * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=in_rows[:, None])
-    tl.store(LSE + bh * L + rows, top * LOG2E + tl.math.log2(total), mask=in_rows)  # base 2, as backward reads
+    # Natural units: backward's exp2((s - lse) LOG2E) is then exactly 1 where a row's
+    # weight is all on one key (total = 1, log 1 = 0), whatever the GPU fuses.
+    tl.store(LSE + bh * L + rows, top + tl.log(total), mask=in_rows)
+    # Rows whose every other key weighs exactly 0 (row 0; rows whose other keys are all cut).
+    tl.store(ALONE + bh * L + rows, (itself == total).to(tl.int8), mask=in_rows)
 
 
 _fwd_tuned = _tuned(_fwd_kernel, *_FWD_SHAPES)
@@ -319,13 +333,12 @@ def _probabilities(s, lse, do, v, delta, own, stream, rows, cols, L, threshold, 
     """Backward's recomputation for a tile: the kept, rescaled weights (what multiplied V)
     and dL/ds = P (dP - dO_i . O_i), from the scores, the forward's log-sum-exp and dO.
 
-    On the diagonal (only EDGE tiles have one) that difference is taken before the dot product instead, as
-    ``own`` = dO_i . (V_i / (1 - p) - O_i): where a token attends only to itself, O_i is
-    V_i / (1 - p) exactly and this is exactly 0 (as the softmax's true gradient is),
-    where dO_i . V_i - dO_i . O_i would leave a rounding residue, and its score's
-    sensitivity to gamma is 1 / eps = 1e6.
+    On the diagonal (only EDGE tiles have one) that difference is ``own`` instead
+    (_delta_own): where a token attends only to itself it is exactly 0, as the softmax's
+    true gradient is, where dO_i . V_i - dO_i . O_i would leave a rounding residue, and
+    that score's sensitivity to gamma and the masses is 1 / eps = 1e6.
     """
-    p = tl.math.exp2(s * LOG2E - lse[:, None])
+    p = tl.math.exp2((s - lse[:, None]) * LOG2E)
     dp = _dot_v(do, tl.trans(v), IEEE_PV)
     if DROPOUT:
         keep = _keep(stream, rows, cols, L, threshold)
@@ -434,11 +447,11 @@ _bwd_keys_tuned = _tuned(_bwd_keys_kernel, *_KEYS_SHAPES, restore=("DZ", "DA", "
 
 
 @triton.jit
-def _bwd_rows_kernel(O, V, DO, DELTA, OWN, L, rescale, DV: tl.constexpr, BM: tl.constexpr):
+def _bwd_rows_kernel(O, V, ALONE, DO, DELTA, OWN, L, rescale, DV: tl.constexpr, BM: tl.constexpr):
     """The one-pass backward's first step: every row's delta and ``own``."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    _delta_own(O, V, _do_rows(DO, bh, rows, L, DV), DELTA, OWN, bh, rows, L, rescale, DV)
+    _delta_own(O, V, ALONE, _do_rows(DO, bh, rows, L, DV), DELTA, OWN, bh, rows, L, rescale, DV)
 
 
 @triton.jit
@@ -461,7 +474,8 @@ def _queries_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, lse, do, delta,
 
 
 @triton.jit
-def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA, DC, DR2, H, L, threshold, rescale,
+def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, ALONE, DZ, DA, DC, DR2, H, L, threshold,
+                        rescale,
                         CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                         MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                         DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
@@ -473,7 +487,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, DZ, DA
     rows = pid_m * BM + tl.arange(0, BM)
     zi, a_i, c_i = _query_rows(Z, A, C, bh, rows, L, CH)
     lse, do = _lse_do(LSE, DO, bh, rows, L, DV)
-    delta, own = _delta_own(O, V, do, DELTA, OWN, bh, rows, L, rescale, DV)
+    delta, own = _delta_own(O, V, ALONE, do, DELTA, OWN, bh, rows, L, rescale, DV)
     r2 = tl.load(R2)
     stream = _stream(SEED, bh)
 
@@ -518,18 +532,19 @@ class _GravityAttention(torch.autograd.Function):
         threshold, rescale, switches = _launch_args(sw, dropout_p, v)
         out = torch.empty_like(v)
         lse = torch.empty(B, H, L, dtype=torch.float32, device=z.device)
+        alone = torch.empty(B, H, L, dtype=torch.int8, device=z.device)
         # Atomic adds sum in whatever order the GPU runs them, and timing picks the tile
         # shapes: under torch.use_deterministic_algorithms, neither.
         ctx.deterministic = torch.are_deterministic_algorithms_enabled()
         _launch(_fwd_kernel, _fwd_tuned, _FWD_SHAPES[0], ctx.deterministic, _by_rows(L, B * H),
-                z, v, a, c, m, r2, seed, out, lse, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
-        ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse)
+                z, v, a, c, m, r2, seed, out, lse, alone, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+        ctx.save_for_backward(z, v, a, c, m, r2, seed, out, lse, alone)
         ctx.sw, ctx.dropout_p = sw, dropout_p
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        z, v, a, c, m, r2, seed, out, lse = ctx.saved_tensors
+        z, v, a, c, m, r2, seed, out, lse, alone = ctx.saved_tensors
         B, H, L, CH = z.shape
         DV = v.shape[-1]
         threshold, rescale, switches = _launch_args(ctx.sw, ctx.dropout_p, v)
@@ -543,11 +558,11 @@ class _GravityAttention(torch.autograd.Function):
         dv = torch.empty_like(v)
         common = (z, v, a, c, m, r2, seed, dout, lse, delta, own)
         if one_pass:
-            _bwd_rows_kernel[(triton.cdiv(L, _ROWS_BM), B * H)](out, v, dout, delta, own, L, rescale, DV=DV,
+            _bwd_rows_kernel[(triton.cdiv(L, _ROWS_BM), B * H)](out, v, alone, dout, delta, own, L, rescale, DV=DV,
                                                                 BM=_ROWS_BM)
         else:  # the query side first: it writes the rows' delta and own, which the keys kernel reads
             _launch(_bwd_queries_kernel, None, _QUERIES_SHAPE, True, _by_rows(L, B * H),
-                    *common, out, dz, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
+                    *common, out, alone, dz, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, **switches)
         _launch(_bwd_keys_kernel, _bwd_keys_tuned, _KEYS_SHAPES[0], ctx.deterministic, _by_keys(L, B * H),
                 *common, dz, dv, dm, da, dc, dr2, H, L, threshold, rescale, CH=CH, DV=DV, ONE_PASS=one_pass,
                 **switches)
