@@ -77,9 +77,10 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
 # Forward keeps a few L x L tiles alive, backward about ten. Backward's shapes are those
 # that compiled for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
 # registers; with 4 warps, 32 x 64 spills 750-820 bytes and 64 x 32 90-830. Splitting
-# the loops into edge and interior tiles raised register use: the forward's 64 x 64 and
-# 128 x 64 now spill 56-64 bytes, the keys kernel's 32 x 32 (4 warps) 4 bytes with the
-# soft radius. Wider key blocks mean fewer of the one-pass backward's atomic adds per pair
+# the loops into edge and interior tiles, and the forward's ALONE flag, raised register
+# use: with ngt_default's switches the forward's 64 x 64, 128 x 64 and 128 x 32 spill
+# 24-72 bytes (64 x 32 none); with the soft radius 128 x 32 spills 16 bytes and the keys
+# kernel's 32 x 32 (4 warps) 8 bytes. Wider key blocks mean fewer of the one-pass backward's atomic adds per pair
 # (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
