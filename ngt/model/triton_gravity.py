@@ -25,7 +25,8 @@ the gradients of the per-row tables it captures arrive by one atomic add per sco
   the one a timing picked (the shape sets the order of the sums): the same bits on every
   run on one GPU and software stack, for the cost of computing the scores twice.
 
-Nothing L x L is stored: forward keeps the output and one log-sum-exp per row.
+Nothing L x L is stored: forward keeps the output, and per row a log-sum-exp and the
+ALONE flag (_delta_own).
 
 Kernels are written for CUDA; with ``TRITON_INTERPRET=1`` set before this module is
 imported, Triton runs the same kernels on CPU tensors, which is how the tests check them
@@ -155,9 +156,10 @@ def _lse_do(LSE, DO, bh, rows, L, DV: tl.constexpr):
 def _delta_own(O, V, ALONE, do, DELTA, OWN, bh, rows, L, rescale, DV: tl.constexpr):
     """Per query row, in float32, written to DELTA and OWN and returned: delta = dO . O,
     which is sum_j dP_ij P_ij with or without dropout, and ``own`` = dO . (V_i / (1 - p) - O)
-    (see _probabilities), exactly 0 in the rows the forward found ALONE: there O is
-    V_i / (1 - p) in exact arithmetic only, as stored it is rounded (to bf16 under AMP, or
-    by a GPU's fused multiply-add in V_i / (1 - p) - O)."""
+    (see _probabilities), set to 0 in the rows the forward found ALONE: where their own
+    key is kept, O is V_i / (1 - p) in exact arithmetic only; as stored it is rounded (to
+    bf16 under AMP), and a GPU may fuse V_i / (1 - p) - O into a multiply-add. (Where it
+    is dropped, O = 0 and _probabilities uses -delta = 0 instead.)"""
     in_rows = rows < L
     dv = tl.arange(0, DV)
     at = (bh * L + rows[:, None]) * DV + dv[None, :]
@@ -321,7 +323,9 @@ def _fwd_kernel(Z, V, A, C, MK, R2, SEED, OUT, LSE, ALONE, H, L, threshold, resc
     # Natural units: backward's exp2((s - lse) LOG2E) is then exactly 1 where a row's
     # weight is all on one key (total = 1, log 1 = 0), whatever the GPU fuses.
     tl.store(LSE + bh * L + rows, top + tl.log(total), mask=in_rows)
-    # Rows whose every other key weighs exactly 0 (row 0; rows whose other keys are all cut).
+    # Rows whose other keys add nothing to the total: all cut (row 0; rows the radius leaves
+    # alone), or under half an ulp of the own key's weight, where their true share of
+    # dL/ds is below float32's rounding of it anyway.
     tl.store(ALONE + bh * L + rows, (itself == total).to(tl.int8), mask=in_rows)
 
 
