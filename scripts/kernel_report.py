@@ -7,10 +7,9 @@ registers a thread uses, its stack (registers spilled), the shared memory, and f
 of the two main loops its machine instructions per (query, key) pair per thread and the
 barriers it waits at: the loop over the edge tiles, which the diagonal or the end crosses
 and so apply the masks, and the one over the interior tiles, below the diagonal (most of
-a long sequence's). Most of these kernels' work
-is elementwise, a few dozen to a couple of hundred instructions a pair on the CUDA cores,
-so fewer of them, no spills and more resident warps are what a change should show here
-before a GPU times it. The figures are for the Triton installed here (the GPU machine's
+a long sequence's). Most of these kernels' work is elementwise, a few dozen to a couple
+of hundred instructions a pair on the CUDA cores, so fewer of them, no spills and more
+resident warps are what a change should show here before a GPU times it. The figures are for the Triton installed here (the GPU machine's
 may differ: say which), and no substitute for timing with ngt.bench.
 
     python scripts/kernel_report.py                   # ngt_default's switches, bf16 values

@@ -81,8 +81,8 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
 # the loops into edge and interior tiles, and the forward's ALONE flag, raised register
 # use: with ngt_default's switches the forward's 64 x 64, 128 x 64 and 128 x 32 spill
 # 24-72 bytes (64 x 32 none); with the soft radius 128 x 32 spills 16 bytes and the keys
-# kernel's 32 x 32 (4 warps) 8 bytes. Wider key blocks mean fewer of the one-pass backward's atomic adds per pair
-# (they go as 1 / BN).
+# kernel's 32 x 32 (4 warps) 8 bytes. Wider key blocks mean fewer of the one-pass
+# backward's atomic adds per pair (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
 _QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
@@ -479,9 +479,8 @@ def _queries_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, lse, do, delta,
 
 
 @triton.jit
-def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, ALONE, DZ, DA, DC, DR2, H, L, threshold,
-                        rescale,
-                        CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, ALONE, DZ, DA, DC, DR2, H, L,
+                        threshold, rescale, CH: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                         MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr,
                         DROPOUT: tl.constexpr, IEEE_PV: tl.constexpr):
     """The deterministic backward's first pass: one block of queries against every key it
