@@ -9,8 +9,9 @@ barriers it waits at: the loop over the edge tiles, which the diagonal or the en
 and so apply the masks, and the one over the interior tiles, below the diagonal (most of
 a long sequence's). Most of these kernels' work is elementwise, a few dozen to a couple
 of hundred instructions a pair on the CUDA cores, so fewer of them, no spills and more
-resident warps are what a change should show here before a GPU times it. The figures are for the Triton installed here (the GPU machine's
-may differ: say which), and no substitute for timing with ngt.bench.
+resident warps are what a change should show here before a GPU times it. The figures are
+for the Triton installed here (the GPU machine's may differ: say which), and no
+substitute for timing with ngt.bench.
 
     python scripts/kernel_report.py                   # ngt_default's switches, bf16 values
     python scripts/kernel_report.py --radius soft --kernels keys
