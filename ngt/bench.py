@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +91,7 @@ class Runner:
     model: torch.nn.Module = field(init=False)
     times_ms: list[float] = field(default_factory=list)
     step: int = 0
+    compiled: Optional[dict[str, Any]] = None  # what dynamo made of the step, from warm_up
 
     def __post_init__(self):
         use_deterministic(self.cfg.train)
@@ -121,6 +123,21 @@ class Runner:
         if not result.stepped:
             raise RuntimeError(f"{self.name}: loss {result.loss} is not finite")
         self.step += 1
+
+    def warm_up(self, steps: int) -> None:
+        """Run ``steps`` untimed steps; under torch.compile, count the graphs dynamo built in
+        them and the graph breaks it met (each one splits the step into separately compiled
+        pieces, with Python run between them on every step)."""
+        from torch._dynamo.utils import counters
+
+        graphs, breaks = counters["stats"]["unique_graphs"], Counter(counters["graph_break"])
+        for _ in range(steps):
+            self.run_step()
+        if self.train_model is not self.model:
+            new = Counter(counters["graph_break"]) - breaks
+            self.compiled = {"graphs": counters["stats"]["unique_graphs"] - graphs,
+                             "graph_breaks": sum(new.values()),
+                             "break_reasons": {reason.splitlines()[0][:200]: n for reason, n in new.most_common(5)}}
 
     def timed_step(self) -> None:
         _sync(self.device)
@@ -206,8 +223,7 @@ def _native_stderr_muted() -> Iterator[None]:
 
 def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True) -> list[dict[str, Any]]:
     for r in runners:
-        for _ in range(warmup):
-            r.run_step()
+        r.warm_up(warmup)
     for _ in range(steps):
         for r in runners:
             r.timed_step()
@@ -221,6 +237,7 @@ def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True)
             "ms_min": min(r.times_ms), "ms_max": max(r.times_ms),
             "tokens_per_s": t.batch_size * t.block_size / (ms / 1000),
             "peak_memory_mb": r.peak_memory_mb() if memory else None,
+            "compiled": r.compiled,
         })
     base = next((row["ms_per_step"] for row in rows if row["arch"] == "baseline"), None)
     for row in rows:
@@ -232,7 +249,8 @@ def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict
     """Where each variant's step goes, from torch's profiler over ``steps`` more steps: the
     wall time, how much of it the device spends in kernels (a step whose kernels fill little
     of its wall time is bound by launching them from Python), the number of kernels, and
-    the ops that take the most device time (CPU time on a CPU)."""
+    the ops that take the most device time (CPU time on a CPU), and on CUDA those that take
+    the most host time."""
     from torch.profiler import ProfilerActivity
 
     rows = []
@@ -260,17 +278,27 @@ def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict
             # device-wide sync is this function's own, after the steps.
             "host_syncs_per_step": sum(e.count for e in events if "Synchronize" in e.key
                                        and e.key != "cudaDeviceSynchronize") / steps if cuda else None,
-            "top_ops": [{"name": e.key, "ms_per_step": getattr(e, key) / 1000 / steps, "calls_per_step": e.count / steps}
-                        for e in ops],
+            "top_ops": _per_step(ops, key, steps),
+            # On CUDA also where the host's time goes: a step bound by launching kernels
+            # spends it in these, not in the kernels.
+            "top_host_ops": _per_step(sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top],
+                                      "self_cpu_time_total", steps) if cuda else None,
         }
         rows.append(row)
         busy = (f", kernels busy {row['device_busy_ms_per_step']:.1f} ms ({row['kernels_per_step']:.0f} kernels, "
                 f"{row['host_syncs_per_step']:.0f} host syncs)" if cuda else "")
-        print(f"\n{r.name} ({r.attn}): {wall_ms:.1f} ms/step under the profiler{busy}; "
-              f"top ops by {'device' if cuda else 'CPU'} time per step:")
-        for op in row["top_ops"]:
-            print(f"  {op['ms_per_step']:8.2f} ms  {op['calls_per_step']:6.0f}x  {op['name'][:90]}")
+        print(f"\n{r.name} ({r.attn}): {wall_ms:.1f} ms/step under the profiler{busy}")
+        lists = [(f"by {'device' if cuda else 'CPU'} time", row["top_ops"]), ("by host time", row["top_host_ops"])]
+        for title, listed in lists[:2 if cuda else 1]:
+            print(f"  top ops {title} per step:")
+            for op in listed:
+                print(f"  {op['ms_per_step']:8.2f} ms  {op['calls_per_step']:6.0f}x  {op['name'][:90]}")
     return rows
+
+
+def _per_step(events, key: str, steps: int) -> list[dict[str, Any]]:
+    return [{"name": e.key, "ms_per_step": getattr(e, key) / 1000 / steps, "calls_per_step": e.count / steps}
+            for e in events]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -311,6 +339,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-"
         print(f"{r['variant']:22s} {r['attn']:9s} {r['ms_per_step']:9.1f} {spread:>15s} {r['tokens_per_s']:10.0f} "
               f"{mem:>9s} {ratio:>7s}")
+    for r in rows:
+        c = r["compiled"]
+        if c is not None:
+            reasons = "".join(f"\n    {n}x {reason}" for reason, n in c["break_reasons"].items())
+            print(f"{r['variant']}: compiled into {c['graphs']} graph(s) in warm-up, {c['graph_breaks']} graph "
+                  f"break(s){reasons}")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

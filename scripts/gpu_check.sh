@@ -5,13 +5,16 @@
 #      (no autotuning); then the whole-model test with autotuning, which re-runs kernels
 #      that add into their outputs (restore_value);
 #   b) full training steps at w3_25m, block 512, batch 16 with SPEC's dropout 0.1: baseline
-#      and NGT variants compiled (the CUDA default), each profiled for two steps (device busy
-#      time, kernels, host syncs, top ops); then baseline and ngt_default under
-#      train.deterministic=true (the two-pass backward), then eager;
+#      and ngt_default compiled (the CUDA default), with the graphs and graph breaks dynamo
+#      made of each step, each profiled for two steps (device busy time, kernels, host syncs,
+#      top ops by device and by host time); later baseline, ngt_default and mass_in_value
+#      under train.deterministic=true (the two-pass backward), then eager;
 #   c) time and peak memory against context length, L = 256 .. 4096, baseline and ngt_default;
 #   d) the trainer end to end on CUDA (compiled, triton): a smoke run of baseline and ngt_default;
-#   e) with what time is left: b) under CUDA graphs (train.compile_mode=reduce-overhead), which
-#      would take the launching of kernels off the step (a first try outran 150 s compiling).
+#   e) b) under CUDA graphs (train.compile_mode=reduce-overhead), which would take the
+#      launching of kernels off the step (a first try outran 150 s compiling).
+# They run in the order b (compiled), a (parity), e, a (whole model), b (the rest), c, d:
+# what settles the target and the kernels' correctness first.
 # Every part's output goes to $OUT/log.txt (bench tables and JSON files beside it). Each
 # part has its own time limit, cut to what is left of TOTAL_S seconds (default 540) so the
 # whole run ends in time; a part that fails or has no time left does not stop the next.
@@ -45,7 +48,7 @@ VARIANTS=baseline,ngt_default,mass_in_value
 # Compiling and autotuning from cold: about 50 s a variant on an H100 (five variants with
 # --profile outran 220 s). Options before overrides: an older ngt.bench (AB_TREE)
 # takes them in that order only.
-part b_compiled 240 "${BENCH[@]}" --variants $VARIANTS --profile 2 --out "$OUT/bench_compiled.json" model.dropout=0.1 train.compile=true
+part b_compiled 200 "${BENCH[@]}" --variants baseline,ngt_default --profile 2 --out "$OUT/bench_compiled.json" model.dropout=0.1 train.compile=true
 
 # Parity tests in parallel processes where pytest-xdist is installed: compiling the kernels
 # is most of their time.
@@ -59,8 +62,10 @@ if [[ -n $AB_TREE ]]; then
       TORCHINDUCTOR_CACHE_DIR=/tmp/ngt-ab-inductor TRITON_CACHE_DIR=/tmp/ngt-ab-triton \
       "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_ab.json" model.dropout=0.1 train.compile=true
 fi
+part e_cuda_graphs 200 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_cuda_graphs.json" \
+    model.dropout=0.1 train.compile=true train.compile_mode=reduce-overhead
 part a_tuned 90 python -m pytest -p no:cacheprovider -rfs tests/test_triton_gravity.py -k whole_model
-part b_deterministic 100 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_deterministic.json" \
+part b_deterministic 100 "${BENCH[@]}" --variants $VARIANTS --out "$OUT/bench_deterministic.json" \
     model.dropout=0.1 train.compile=true train.deterministic=true
 part b_eager 120 "${BENCH[@]}" --variants $VARIANTS --profile 2 --out "$OUT/bench_eager.json" model.dropout=0.1 \
     train.compile=false
@@ -70,5 +75,3 @@ for variant in baseline ngt_default; do
   part "d_train_$variant" 90 python -m ngt.screen variant=$variant budget=smoke train.device=cuda \
       hydra.run.dir=/tmp/ngt-gpu-check/$variant
 done
-part e_cuda_graphs 240 "${BENCH[@]}" --variants baseline,ngt_default --out "$OUT/bench_cuda_graphs.json" \
-    model.dropout=0.1 train.compile=true train.compile_mode=reduce-overhead

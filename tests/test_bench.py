@@ -25,6 +25,21 @@ def test_bench_writes_a_row_per_variant_with_ratios(tmp_path):
         assert r["batch"] == 2 and r["block"] == 32
         assert r["ratio_to_baseline"] == r["ms_per_step"] / rows["baseline"]["ms_per_step"]
         assert r["tokens_per_s"] == pytest.approx(2 * 32 * 1000 / r["ms_per_step"])
+        assert r["compiled"] is None  # eager: no graphs to count
+
+
+def test_profile_lists_where_each_variants_step_goes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    main(["--model", "tiny", "--batch", "2", "--block", "32", "--steps", "1", "--warmup", "0", "--impl", "reference",
+          "--threads", "0", "--variants", "baseline,ngt_default", "--profile", "1", "--out", str(out), *SMALL])
+    rows = json.loads(out.read_text())["profile"]
+    assert [r["variant"] for r in rows] == ["baseline", "ngt_default"]
+    for r in rows:  # on CPU: CPU time per op, and no device figures
+        assert r["wall_ms_per_step"] > 0 and r["device_busy_ms_per_step"] is None and r["top_host_ops"] is None
+        assert 0 < len(r["top_ops"]) <= 12 and all(op["ms_per_step"] >= 0 and op["calls_per_step"] > 0
+                                                   for op in r["top_ops"])
+    assert any("addmm" in op["name"] or "linear" in op["name"] for op in rows[0]["top_ops"])
+    assert capsys.readouterr().out.count("top ops by CPU time per step:") == 2
 
 
 def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
@@ -59,3 +74,5 @@ def test_bench_times_the_compiled_model_under_train_compile(tmp_path):
     rows = json.loads(out.read_text())["variants"]
     assert [r["variant"] for r in rows] == ["baseline", "ngt_default"] and all(r["ms_per_step"] > 0 for r in rows)
     assert counters["stats"]["unique_graphs"] >= 2  # both models went through torch.compile
+    for r in rows:  # each model's step is one graph, not pieces with Python between them
+        assert r["compiled"]["graphs"] >= 1 and r["compiled"]["graph_breaks"] == 0 and not r["compiled"]["break_reasons"]
