@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -42,7 +42,8 @@ from ngt.errors import exit_on_user_error
 from ngt.model import build_model, count_params
 from ngt.model.gravity import resolve_backend
 from ngt.naming import register_resolvers
-from ngt.train import Repulsion, _amp, compile_model, make_optimizer, pick_device, train_step, use_deterministic
+from ngt.train import (Repulsion, _amp, compile_mode, compile_model, make_optimizer, pick_device, train_step,
+                       use_deterministic)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = ("baseline", "ngt_default", "mass_in_value", "no_repulsion", "repulsion_interval_8", "no_radius",
@@ -92,6 +93,7 @@ class Runner:
     times_ms: list[float] = field(default_factory=list)
     step: int = 0
     compiled: Optional[dict[str, Any]] = None  # what dynamo made of the step, from warm_up
+    warmup_peak: int = 0  # bytes above the start, in warm-up: where CUDA graphs take their memory
 
     def __post_init__(self):
         use_deterministic(self.cfg.train)
@@ -99,6 +101,8 @@ class Runner:
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
         # As the trainer runs it: compiled on CUDA or under train.compile=true.
         self.train_model = compile_model(self.model, self.cfg.train, self.device)
+        self.mode = compile_mode(self.cfg.train, self.device) if self.train_model is not self.model else None
+        self.cuda_graphs = self.device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -131,11 +135,15 @@ class Runner:
         from torch._dynamo.utils import counters
 
         graphs, breaks = counters["stats"]["unique_graphs"], Counter(counters["graph_break"])
-        for _ in range(steps):
-            self.run_step()
-        if self.train_model is not self.model:
+        held = self.static_bytes()
+        with _allocation_peak(self.device) if self.cuda_graphs else nullcontext([0]) as peak:
+            for _ in range(steps):
+                self.run_step()
+        # Less AdamW's moments, made by the first step: static_bytes counts them.
+        self.warmup_peak = max(0, peak[0] - (self.static_bytes() - held))
+        if self.mode is not None:
             new = Counter(counters["graph_break"]) - breaks
-            self.compiled = {"graphs": counters["stats"]["unique_graphs"] - graphs,
+            self.compiled = {"mode": self.mode, "graphs": counters["stats"]["unique_graphs"] - graphs,
                              "graph_breaks": sum(new.values()),
                              "break_reasons": {reason.splitlines()[0][:200]: n for reason, n in new.most_common(5)}}
 
@@ -154,9 +162,12 @@ class Runner:
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def peak_memory_mb(self) -> float:
+        """Under CUDA graphs, the graphs' private pool is allocated while warm-up records
+        them and held from then on, so a later step allocates little: the peak counts the
+        warm-up's too."""
         with _allocation_peak(self.device) as peak:
             self.run_step()
-        return (self.static_bytes() + peak[0]) / 2**20
+        return (self.static_bytes() + max(peak[0], self.warmup_peak)) / 2**20
 
 
 def _sync(device: torch.device) -> None:
@@ -343,7 +354,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         c = r["compiled"]
         if c is not None:
             reasons = "".join(f"\n    {n}x {reason}" for reason, n in c["break_reasons"].items())
-            print(f"{r['variant']}: compiled into {c['graphs']} graph(s) in warm-up, {c['graph_breaks']} graph "
+            print(f"{r['variant']}: compiled ({c['mode']}) into {c['graphs']} graph(s) in warm-up, {c['graph_breaks']} graph "
                   f"break(s){reasons}")
 
 

@@ -55,17 +55,25 @@ def lr_at(step: int, cfg: Config) -> float:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def compile_mode(t: TrainConfig, device: torch.device) -> str:
+    """``train.compile_mode``, or where it is null the device's: CUDA graphs on CUDA."""
+    if t.compile_mode is None:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if t.compile_mode not in COMPILE_MODES:
+        raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
+    return t.compile_mode
+
+
 def compile_model(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.nn.Module:
     """What training calls: ``model`` itself, or under ``train.compile`` (by default on
     CUDA, where inductor can build kernels) its compiled wrapper, with the same parameters,
-    in ``train.compile_mode``."""
-    if t.compile_mode not in COMPILE_MODES:
-        raise NGTError(f"train.compile_mode={t.compile_mode!r}: choose from {', '.join(COMPILE_MODES)}")
+    in ``compile_mode``."""
+    mode = compile_mode(t, device)
     on = t.compile if t.compile is not None else device.type == "cuda" and can_compile(device)
     if not on:
         return model
     room_for_graphs()
-    return torch.compile(model, mode=t.compile_mode)
+    return torch.compile(model, mode=mode)
 
 
 def use_deterministic(t: TrainConfig) -> None:
@@ -328,6 +336,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
         # Whether train.compile took effect here (its default depends on the device): compiled
         # and eager steps differ in speed and, with dropout, in their random draws.
         "compiled": train_model is not model,
+        "compile_mode": compile_mode(cfg.train, device) if train_model is not model else None,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
         "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,

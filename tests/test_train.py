@@ -41,7 +41,7 @@ def test_run_directory_contract(reference_run):
     assert s["val_loss_full"] > 0 and s["throughput"]["window"] == [5, 40]
     assert abs(s["params_baseline"] / s["params_ngt"] - 1) < 0.02 and s["params"] == s["params_ngt"]
     assert set(s["seeds"]) >= {"seed", "data_seed", "eval_seed"}
-    assert s["compiled"] is False  # train.compile's default on CPU
+    assert s["compiled"] is False and s["compile_mode"] is None  # train.compile's default on CPU
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scaler", "rng", "step", "tokenizer", "config"} <= set(state)
@@ -119,3 +119,15 @@ def test_the_model_is_compiled_by_default_on_cuda_only():
     cuda = torch.device("cuda")
     assert (compile_model(model, TrainConfig(), cuda) is not model) == can_compile(cuda)
     assert compile_model(model, TrainConfig(compile=False), cuda) is model
+
+
+def test_compile_mode_is_cuda_graphs_on_cuda_unless_chosen():
+    from ngt.config import TrainConfig
+    from ngt.errors import NGTError
+    from ngt.train import compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode(TrainConfig(), cuda) == "reduce-overhead" and compile_mode(TrainConfig(), cpu) == "default"
+    assert compile_mode(TrainConfig(compile_mode="max-autotune"), cuda) == "max-autotune"
+    with pytest.raises(NGTError, match="train.compile_mode='fast'"):
+        compile_mode(TrainConfig(compile_mode="fast"), cpu)

@@ -207,6 +207,24 @@ def test_dropout_seed_fixes_the_mask():
 
 @on_kernels
 @pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="CUDA graphs need CUDA; test_dropout_seed_fixes_the_mask is the CPU twin")
+def test_cuda_graphs_draw_a_new_dropout_mask_every_step():
+    """Under CUDA graphs (train.compile_mode's default on CUDA) the dropout seed is drawn
+    inside the recorded graph: every replay must draw anew, as torch's generator goes on,
+    and the same draws follow the same torch.manual_seed."""
+    x = [t.detach() for t in inputs(L=64, dtype=torch.float32, device=DEVICE).values()]
+    step = torch.compile(lambda *a: triton_attention(*a, DEFAULT, dropout_p=0.25).clone(), mode="reduce-overhead")
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append([step(*x) for _ in range(4)])  # warm-up, recording, then replays
+    assert all(not torch.equal(a, b) for a, b in zip(runs[0], runs[0][1:])), "a replay repeated the last mask"
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@on_kernels
+@pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter's bf16 tl.dot is wrong (triton 3.9): CUDA only")
 def test_bf16_values_as_under_amp(backward):
     """Under AMP the values arrive in bf16: P @ V and the products with dO run on tensor
@@ -250,7 +268,7 @@ def test_kernels_under_the_interpreter():
     """Every test above, on CPU, through Triton's interpreter, in a fresh process."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-W", "ignore",
-                           "-k", "not under_the_interpreter and not bf16"],
+                           "-k", "not under_the_interpreter and not bf16 and not cuda_graphs"],
                           cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=900)
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
