@@ -139,8 +139,8 @@ class Runner:
         with _allocation_peak(self.device) if self.cuda_graphs else nullcontext([0]) as peak:
             for _ in range(steps):
                 self.run_step()
-        # Less AdamW's moments, made by the first step: static_bytes counts them.
-        self.warmup_peak = max(0, peak[0] - (self.static_bytes() - held))
+        if self.cuda_graphs:  # less AdamW's moments, made by the first step: static_bytes counts them
+            self.warmup_peak = max(0, peak[0] - (self.static_bytes() - held))
         if self.mode is not None:
             new = Counter(counters["graph_break"]) - breaks
             self.compiled = {"mode": self.mode, "graphs": counters["stats"]["unique_graphs"] - graphs,
@@ -354,8 +354,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         c = r["compiled"]
         if c is not None:
             reasons = "".join(f"\n    {n}x {reason}" for reason, n in c["break_reasons"].items())
-            print(f"{r['variant']}: compiled ({c['mode']}) into {c['graphs']} graph(s) in warm-up, {c['graph_breaks']} graph "
-                  f"break(s){reasons}")
+            print(f"{r['variant']}: compiled ({c['mode']}) into {c['graphs']} graph(s) in warm-up, "
+                  f"{c['graph_breaks']} graph break(s){reasons}")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

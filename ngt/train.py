@@ -235,9 +235,10 @@ def train_step(model, train_model, optimizer, scaler, amp_ctx, batches: list[Bat
     for micro, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         rep_now = repulsion is not None and micro == len(batches) - 1
-        # Under CUDA graphs each call replays into the same output memory: this micro-batch's
-        # outputs replace the last one's, whose loss and backward are done.
-        torch.compiler.cudagraph_mark_step_begin()
+        if train_model is not model:
+            # Under CUDA graphs each call replays into the same output memory: this
+            # micro-batch's outputs replace the last one's, whose loss and backward are done.
+            torch.compiler.cudagraph_mark_step_begin()
         with amp_ctx:
             logits, coords = train_model(x, want_coords=rep_now)
             loss = causal_lm_loss(logits, y)
