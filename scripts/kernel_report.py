@@ -32,6 +32,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 import ngt.model.triton_gravity as tg
+from ngt.config import Mass, Radius
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 KERNELS = {  # name: (kernel, the shapes it runs at, its main loops in source order)
@@ -90,8 +91,8 @@ def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", default="fwd,keys,queries", help=f"any of {','.join(KERNELS)}")
-    parser.add_argument("--mass", choices=["scores", "value"], default="scores")
-    parser.add_argument("--radius", choices=list(tg._RADIUS), default="hard")
+    parser.add_argument("--mass", type=Mass, choices=list(Mass), default=Mass.scores)
+    parser.add_argument("--radius", type=Radius, choices=list(Radius), default=Radius.hard)
     parser.add_argument("--no-rsqrt", action="store_true")
     parser.add_argument("--no-dropout", action="store_true")
     parser.add_argument("--values", choices=["bf16", "fp32"], default="bf16", help="bf16 as under AMP")
@@ -103,8 +104,9 @@ def main() -> None:
     if tuple(int(part) for part in triton.__version__.split(".")[:2]) < OLDEST:
         sys.exit(f"kernel_report needs Triton {'.'.join(map(str, OLDEST))} or later (its compile API); "
                  f"this is {triton.__version__}")
-    switches = {"MASS_SCORES": args.mass == "scores", "RADIUS": tg._RADIUS[args.radius], "RSQRT": not args.no_rsqrt,
-                "DROPOUT": not args.no_dropout, "IEEE_PV": args.values == "fp32", "ONE_PASS": True}
+    switches = {"MASS_SCORES": args.mass == Mass.scores, "RADIUS": tg._RADIUS[args.radius],
+                "RSQRT": not args.no_rsqrt, "DROPOUT": not args.no_dropout, "IEEE_PV": args.values == "fp32",
+                "ONE_PASS": True}
     print(f"triton {triton.__version__}, sm_{args.arch}a, {args.values} values, {switches}")
     for name in args.kernels.split(","):
         kernel, shapes, names = KERNELS[name]

@@ -10,32 +10,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ngt.config import ModelConfig, VariantConfig
+from ngt.config import Arch, AttnImpl, ModelConfig, VariantConfig
 from ngt.errors import NGTError
+from ngt.model.backends import resolve_backend
 from ngt.model.baseline import Baseline
-from ngt.model.gravity import resolve_backend
 from ngt.model.layers import count_params
 from ngt.model.ngt import NGT, repulsion_energy
 
 __all__ = ["build_model", "model_from_checkpoint", "matched_params", "baseline_mlp_dim", "count_params", "repulsion_energy", "NGT", "Baseline"]
-
-_ARCHS = ("ngt", "baseline")
-_CHOICES = {"mass": ("scores", "value"), "radius": ("hard", "soft", "none")}
-
-
-def validate(cfg: ModelConfig, variant: VariantConfig) -> None:
-    if variant.arch not in _ARCHS:
-        raise NGTError(f"unknown variant.arch '{variant.arch}' (choose from {', '.join(_ARCHS)})")
-    for key, allowed in _CHOICES.items():
-        if getattr(variant, key) not in allowed:
-            raise NGTError(f"unknown variant.{key} '{getattr(variant, key)}' (choose from {', '.join(allowed)})")
-    if cfg.d_model % cfg.n_heads:
-        raise NGTError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}")
-    if cfg.init not in ("gpt2", "torch_default"):
-        raise NGTError(f"unknown model.init '{cfg.init}' (choose from gpt2, torch_default)")
-    if variant.repulsion_interval < 0:
-        raise NGTError(f"variant.repulsion_interval must be >= 0 (0 turns repulsion off), got {variant.repulsion_interval}")
-
 
 def _ngt_params(cfg: ModelConfig, vocab_size: int) -> int:
     with torch.device("meta"):
@@ -62,8 +44,7 @@ def matched_params(cfg: ModelConfig, vocab_size: int) -> dict[str, int]:
 
 
 def build_model(cfg: ModelConfig, variant: VariantConfig, vocab_size: int, device: torch.device) -> nn.Module:
-    validate(cfg, variant)
-    if variant.arch == "baseline":
+    if variant.arch == Arch.baseline:
         return Baseline(cfg, vocab_size, baseline_mlp_dim(cfg, vocab_size)).to(device)
     return NGT(cfg, variant, vocab_size, resolve_backend(cfg.attn_impl, device)).to(device)
 
@@ -78,7 +59,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path, device: torch.devic
     if missing:
         raise NGTError(f"{path} is not an ngt checkpoint (it has no {', '.join(sorted(missing))})")
     try:
-        cfg = replace(ModelConfig(**state["config"]["model"]), attn_impl="reference")
+        cfg = replace(ModelConfig(**state["config"]["model"]), attn_impl=AttnImpl.reference)
         variant = VariantConfig(**state["config"]["variant"])
     except (TypeError, KeyError) as e:
         raise NGTError(f"{path} holds a config this version of ngt cannot read ({e})") from None

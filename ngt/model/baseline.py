@@ -1,4 +1,4 @@
-"""The baseline: a pre-norm GPT with scaled_dot_product_attention (SPEC, 'Model: baseline')."""
+"""The baseline: a pre-norm GPT with scaled_dot_product_attention (docs/model.md#baseline)."""
 
 from __future__ import annotations
 

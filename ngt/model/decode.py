@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ngt.model.gravity import GravitySwitches, gravity_scores, mass_scaled_values, score_dtype
+from ngt.model.gravity import Gravity, gravity_scores, mass_scaled_values, score_dtype
 
 
 class LayerCache:
@@ -53,19 +53,11 @@ def causal_mask(T: int, L: int, device: torch.device) -> Optional[torch.Tensor]:
     return torch.ones(L, T + L, dtype=torch.bool, device=device).tril(T) if L > 1 else None
 
 
-def cached_gravity_attention(
-    cache: LayerCache,
-    zq: torch.Tensor,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-) -> torch.Tensor:
+def cached_gravity_attention(cache: LayerCache, zq: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
+                             g: Gravity) -> torch.Tensor:
     """``reference_attention`` for the new rows against every cached token and themselves."""
     T, L = cache.length, zq.shape[-2]
-    v = mass_scaled_values(v, m, sw)  # cached already scaled, as reference scales V before A @ V
+    v = mass_scaled_values(v, m, g.sw)  # cached already scaled, as reference scales V before A @ V
     f = score_dtype(zq)
     zq = zq.to(f)
     # |z|^2 is kept with each key, so a step computes it for the new rows only; the rest of
@@ -73,7 +65,7 @@ def cached_gravity_attention(
     sq = zq.pow(2).sum(-1, keepdim=True)
     zk, sk, vk, mk = cache.extend(zq, sq, v, m.unsqueeze(1))
     d2 = torch.add(sq + sk.mT, zq @ zk.mT, alpha=-2.0).clamp_min_(0.0)
-    score = gravity_scores(d2, m.to(f), gamma.to(f), beta.to(f), r.to(f), sw, m_keys=mk.squeeze(1).to(f))
+    score = gravity_scores(d2, m.to(f), g.to(f), m_keys=mk.squeeze(1).to(f))
     mask = causal_mask(T, L, zq.device)
     if mask is not None:
         score = score.masked_fill(~mask, float("-inf"))

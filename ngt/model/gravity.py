@@ -1,29 +1,53 @@
-"""Gravity attention scores (SPEC, 'GravityAttention'), and the backends that compute them.
+"""Gravity attention, the math (docs/model.md#gravity-attention).
 
-Every backend takes per-head coordinates ``zq`` (B, H, L, ch), values ``v``
-(B, H, L, dh), token masses ``m`` (B, L), and the learned ``gamma``, ``beta`` (H,)
-and ``r`` (scalar), and returns the attention output (B, H, L, dh).  They differ only
-in how much of the L x L work they materialise; ``reference`` is the statement of
-the math and the others are checked against it.
+Per head, coordinates ``zq`` (B, H, L, ch), values ``v`` (B, H, L, dh) and the tokens'
+masses ``m`` (B, L); per layer, the learned kernel ``Gravity``. With eps = 1e-6:
+
+    d2[i, j]    = ||zq[i] - zq[j]||^2
+    score[i, j] = (-gamma / (d2 + eps) + beta) m_i m_j        masses here under mass = scores
+                  then -inf where d2 > r^2 (radius = hard), or times relu(1 - d2 / r^2) (soft)
+    A[i, j]     = dropout(softmax over j <= i of score[i, j])
+    out[i]      = sum over j of A[i, j] V[j] m_j                masses here under mass = value
+
+``reference_attention`` is that statement; ``blocked_attention`` computes the same over
+causal blocks of query rows; ``row_tables`` is the factoring the Triton kernels use.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from ngt.config import Mass, Radius
 
 EPS = 1e-6
 
 
 @dataclass(frozen=True)
 class GravitySwitches:
-    mass: str  # "scores" | "value"
-    radius: str  # "hard" | "soft" | "none"
+    """A variant's choices for the kernel (docs/model.md#variants); hashable, so a compiled
+    graph and a kernel build are specialised per setting."""
+
+    mass: Mass
+    radius: Radius
     use_rsqrt: bool
+
+
+@dataclass(frozen=True)
+class Gravity:
+    """One layer's kernel: strength ``gamma`` and offset ``beta`` per head (H,), the cutoff
+    radius ``r`` (a scalar) and the switches (docs/model.md#learned-scalars)."""
+
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    r: torch.Tensor
+    sw: GravitySwitches
+
+    def to(self, dtype: torch.dtype) -> Gravity:
+        return Gravity(self.gamma.to(dtype), self.beta.to(dtype), self.r.to(dtype), self.sw)
 
 
 def squared_distances(zq: torch.Tensor, zk: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -38,34 +62,27 @@ def squared_distances(zq: torch.Tensor, zk: Optional[torch.Tensor] = None) -> to
     return d2.clamp_min(0.0)
 
 
-def gravity_scores(
-    d2: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-    m_keys: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def gravity_scores(d2: torch.Tensor, m: torch.Tensor, g: Gravity,
+                   m_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scores before the causal mask: (B, H, Lq, Lk); hard-cut pairs are -inf.
 
     ``m`` are the query rows' masses; ``m_keys`` the keys' when those are other tokens
     (cached decoding: new rows against every token so far).
     """
-    g = gamma.view(1, -1, 1, 1)
-    if sw.use_rsqrt:
+    gamma = g.gamma.view(1, -1, 1, 1)
+    if g.sw.use_rsqrt:  # the same quantity through a reciprocal square root (docs/model.md#scores)
         inv = torch.rsqrt(d2 + EPS)
-        score = -g * inv * inv
+        score = -gamma * inv * inv
     else:
-        score = -g / (d2 + EPS)
-    score = score + beta.view(1, -1, 1, 1)
-    if sw.mass == "scores":
+        score = -gamma / (d2 + EPS)
+    score = score + g.beta.view(1, -1, 1, 1)
+    if g.sw.mass == Mass.scores:
         mk = m if m_keys is None else m_keys
         score = score * (m.unsqueeze(-1) * mk.unsqueeze(-2)).unsqueeze(1)
-    r2 = r * r
-    if sw.radius == "hard":
+    r2 = g.r * g.r
+    if g.sw.radius == Radius.hard:
         score = score.masked_fill(d2 > r2, float("-inf"))
-    elif sw.radius == "soft":
+    elif g.sw.radius == Radius.soft:
         score = score * F.relu(1.0 - d2 / r2)
     return score
 
@@ -77,77 +94,65 @@ def score_dtype(x: torch.Tensor) -> torch.dtype:
 
 def mass_scaled_values(v: torch.Tensor, m: torch.Tensor, sw: GravitySwitches) -> torch.Tensor:
     """V as attention multiplies it: each value row times its token's mass when masses
-    weight the values (SPEC's ``mass_in_value``), else V itself."""
-    if sw.mass != "value":
+    weight the values (docs/model.md#mass), else V itself."""
+    # Not ``!= Mass.value``: dynamo reads ``Mass.value`` as Enum's ``value`` property.
+    if sw.mass == Mass.scores:
         return v
     return v * m.unsqueeze(1).unsqueeze(-1).to(v.dtype)
 
 
-def row_tables(m: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, r: torch.Tensor, sw: GravitySwitches,
-               f: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_tables(m: torch.Tensor, g: Gravity, f: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For kernels that see one score at a time: per query row, ``a`` = gamma and ``c`` =
     beta (B, H, L), times the query's mass when masses scale the scores, and r^2.
 
     m_i m_j (-gamma / (d2 + eps) + beta) = m_j (-(gamma m_i) / (d2 + eps) + beta m_i), so a
     kernel needs only these and the key's mass. r^2 is detached under the hard cutoff,
-    which has no gradient (SPEC), so no kernel sums one.
+    which has no gradient (docs/model.md#radius-cutoff), so no kernel sums one.
     """
     B, L = m.shape
-    rows = m.to(f).unsqueeze(1) if sw.mass == "scores" else torch.ones(B, 1, L, dtype=f, device=m.device)
-    a = gamma.to(f).view(1, -1, 1) * rows
-    c = beta.to(f).view(1, -1, 1) * rows
-    r2 = (r.detach() if sw.radius == "hard" else r).to(f) ** 2
+    rows = m.to(f).unsqueeze(1) if g.sw.mass == Mass.scores else torch.ones(B, 1, L, dtype=f, device=m.device)
+    a = g.gamma.to(f).view(1, -1, 1) * rows
+    c = g.beta.to(f).view(1, -1, 1) * rows
+    r2 = (g.r.detach() if g.sw.radius == Radius.hard else g.r).to(f) ** 2
     return a, c, r2
 
 
-def _causal_mask(L: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(L, L, dtype=torch.bool, device=device).tril()
-
-
-def reference_attention(
-    zq: torch.Tensor,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-    dropout_p: float = 0.0,
-    diagnostics: Optional[dict] = None,
-    keep: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def reference_attention(zq: torch.Tensor, v: torch.Tensor, m: torch.Tensor, g: Gravity, dropout_p: float = 0.0,
+                        diagnostics: Optional[dict] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Plain L x L attention; scores and softmax in ``score_dtype`` whatever the AMP dtype.
 
+    ``diagnostics``, if given, is filled with the layer's statistics (``_record``).
     ``keep`` (B, H, L, L), if given, is the dropout mask to apply instead of drawing one:
     how the tests state the kernels' counter-based dropout (ngt.model.counter_dropout)."""
     L = zq.shape[-2]
     f = score_dtype(zq)
     d2 = squared_distances(zq.to(f))
-    score = gravity_scores(d2, m.to(f), gamma.to(f), beta.to(f), r.to(f), sw)
-    causal = _causal_mask(L, zq.device)
+    score = gravity_scores(d2, m.to(f), g.to(f))
+    causal = torch.ones(L, L, dtype=torch.bool, device=zq.device).tril()
     score = score.masked_fill(~causal, float("-inf"))
     attn = torch.softmax(score, dim=-1)
     if diagnostics is not None:
-        _record(diagnostics, d2, attn, causal, r, sw)
+        _record(diagnostics, d2, attn, causal, g)
     if keep is None:
         attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
     else:
         attn = attn * keep / (1.0 - dropout_p)
-    v = mass_scaled_values(v, m, sw)
+    v = mass_scaled_values(v, m, g.sw)
     return attn.to(v.dtype) @ v
 
 
 @torch.no_grad()
-def _record(out: dict, d2, attn, causal, r, sw: GravitySwitches) -> None:
+def _record(out: dict, d2: torch.Tensor, attn: torch.Tensor, causal: torch.Tensor, g: Gravity) -> None:
+    """The layer's statistics (docs/model.md#diagnostics), from the L x L tensors only the
+    reference path holds."""
     pairs = causal.sum() * d2.shape[0] * d2.shape[1]
     out["mean_d2"] = float((d2 * causal).sum() / pairs)
     plogp = torch.where(attn > 0, attn * attn.clamp_min(1e-30).log(), torch.zeros_like(attn))
     out["entropy"] = float(-plogp.sum(-1).mean())
-    cut = (d2 > r * r) & causal if sw.radius != "none" else torch.zeros_like(causal)
+    cut = (d2 > g.r * g.r) & causal if g.sw.radius != Radius.none else torch.zeros_like(causal)
     out["cut_frac"] = float(cut.sum() / pairs)
-
-
-AttentionFn = Callable[..., torch.Tensor]
+    out.update(gamma_mean=float(g.gamma.mean()), gamma_std=float(g.gamma.std()), beta_mean=float(g.beta.mean()),
+               radius=float(g.r))
 
 
 def query_blocks(L: int) -> list[tuple[int, int]]:
@@ -162,135 +167,27 @@ def query_blocks(L: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, L)) for s in range(0, L, size)]
 
 
-def blocked_attention(
-    zq: torch.Tensor,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """``reference`` computed one block of query rows at a time against only the keys
-    causality lets it see: the same scores and softmax, on about half the pairs."""
+def blocked_attention(zq: torch.Tensor, v: torch.Tensor, m: torch.Tensor, g: Gravity,
+                      dropout_p: float = 0.0) -> torch.Tensor:
+    """``reference_attention`` computed one block of query rows at a time against only the
+    keys causality lets it see: the same scores and softmax, on about half the pairs."""
     f = score_dtype(zq)
-    zq, m, gamma, beta, r = zq.to(f), m.to(f), gamma.to(f), beta.to(f), r.to(f)
-    v = mass_scaled_values(v, m, sw)
+    zq, m, g = zq.to(f), m.to(f), g.to(f)
+    v = mass_scaled_values(v, m, g.sw)
     # Masks as an added 0 / -inf that is not differentiated: the softmax already gives
     # masked pairs a zero gradient, so backward needs no saved mask (masked_fill's does).
-    smooth = replace(sw, radius="none") if sw.radius == "hard" else sw
-    r2 = (r * r).detach()
+    hard = g.sw.radius == Radius.hard
+    smooth = replace(g, sw=replace(g.sw, radius=Radius.none)) if hard else g
+    r2 = (g.r * g.r).detach()
     out = []
     for s, e in query_blocks(zq.shape[-2]):
         d2 = squared_distances(zq[..., s:e, :], zq[..., :e, :])
-        score = gravity_scores(d2, m[:, s:e], gamma, beta, r, smooth, m_keys=m[:, :e])
+        score = gravity_scores(d2, m[:, s:e], smooth, m_keys=m[:, :e])
         keep = torch.ones(e - s, e, dtype=torch.bool, device=zq.device).tril(s)
-        if sw.radius == "hard":
+        if hard:
             keep = keep & (d2.detach() <= r2)
         masked = torch.where(keep, 0.0, float("-inf"))
         attn = torch.softmax(score + masked, dim=-1)
         attn = F.dropout(attn, p=dropout_p, training=dropout_p > 0)
         out.append(attn.to(v.dtype) @ v[..., :e, :])
     return torch.cat(out, dim=-2)
-
-
-@functools.cache
-def _compiled_blocks() -> AttentionFn:
-    # Static shapes: a run sees two or three (training, evaluation, a last partial batch),
-    # and each gets its own fully specialised kernel instead of one slower symbolic one.
-    room_for_graphs()
-    return torch.compile(blocked_attention, dynamic=False)
-
-
-def room_for_graphs(limit: int = 64) -> None:
-    """Let dynamo keep up to ``limit`` graphs of one function. A local grid runs every
-    variant in one process: each switch setting, times each shape (and the model's
-    ``want_coords``), is one more graph, and past the default of 8 dynamo warns and runs
-    the rest eagerly, which would time later runs differently from earlier ones."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
-    setattr(config, name, max(getattr(config, name), limit))
-
-
-def compiled_attention(
-    zq: torch.Tensor,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-    dropout_p: float = 0.0,
-    diagnostics: Optional[dict] = None,
-) -> torch.Tensor:
-    """``blocked_attention`` under torch.compile: per block, the elementwise score math,
-    the masks and the softmax fused into a few loops, forward and backward, instead of
-    one pass (and one saved tensor) per operation.
-
-    The first call per shape and switch setting compiles (seconds); diagnostics stay
-    on the eager reference path.
-    """
-    if diagnostics is not None:
-        return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
-    return _compiled_blocks()(zq, v, m, gamma, beta, r, sw, dropout_p)
-
-
-def _triton_attention(*args, **kwargs) -> torch.Tensor:
-    from ngt.model.triton_gravity import triton_gravity_attention  # imports triton: only when chosen
-
-    return triton_gravity_attention(*args, **kwargs)
-
-
-BACKENDS: dict[str, AttentionFn] = {
-    "reference": reference_attention,
-    "compiled": compiled_attention,
-    "triton": _triton_attention,
-}
-
-
-def can_compile(device: torch.device) -> bool:
-    """Whether torch.compile can build kernels here: inductor needs Triton on CUDA and a
-    C++ compiler on CPU."""
-    try:
-        if device.type == "cuda":
-            from torch.utils._triton import has_triton
-
-            return has_triton()
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-        return True
-    except Exception:  # no compiler, or an inductor without this probe: stay eager
-        return False
-
-
-def available(name: str, device: torch.device) -> bool:
-    if name == "reference":
-        return True
-    if name == "compiled":
-        return can_compile(device)
-    # Triton kernels run on CPU only in its interpreter (for tests): training needs CUDA.
-    return name == "triton" and device.type == "cuda" and can_compile(device)
-
-
-def resolve_backend(name: str, device: torch.device) -> str:
-    """The backend actually used for ``name`` on ``device``; ``auto`` picks the fastest one
-    whose gradients are verified: triton on CUDA, else compiled where inductor can build
-    kernels, else reference.
-
-    On an H100 at w3_25m (block 512, batch 16, dropout 0.1) an ngt_default step took
-    31.6 ms with triton against the baseline's 18.3 ms, and triton matched reference
-    there in every parity test (README, 'Speed').
-    """
-    if name == "auto":
-        return next(b for b in ("triton", "compiled", "reference") if available(b, device))
-    if name not in BACKENDS:
-        from ngt.errors import NGTError
-
-        raise NGTError(f"unknown model.attn_impl '{name}' (choose from auto, {', '.join(BACKENDS)})")
-    if not available(name, device):
-        from ngt.errors import NGTError
-
-        raise NGTError(f"model.attn_impl={name} cannot train on {device.type} here (use auto or reference)")
-    return name

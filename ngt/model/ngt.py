@@ -1,4 +1,4 @@
-"""The Newton Gravity Transformer (SPEC, 'Model: NGT').
+"""The Newton Gravity Transformer (docs/model.md).
 
 Tokens are particles: a hidden state h, coordinates z and a mass m. Attention is a
 learned gravity kernel over the distances between coordinates; the coordinates
@@ -14,16 +14,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ngt.config import ModelConfig, VariantConfig
+from ngt.model.backends import get_backend
 from ngt.model.decode import KVCache, LayerCache, cached_gravity_attention
-from ngt.model.gravity import BACKENDS, GravitySwitches, squared_distances
+from ngt.model.gravity import Gravity, GravitySwitches, reference_attention, squared_distances
 from ngt.model.layers import FFN, init_gpt2, tie
 
 
 class GravityAttention(nn.Module):
+    """docs/model.md#gravity-attention, computed by the backend named ``backend``."""
+
     def __init__(self, cfg: ModelConfig, sw: GravitySwitches, backend: str):
         super().__init__()
         d, H, ch = cfg.d_model, cfg.n_heads, cfg.head_coord_dim
-        self.H, self.ch, self.sw, self.backend = H, ch, sw, backend
+        self.H, self.ch, self.sw = H, ch, sw
+        self.attend = get_backend(backend)
         self.dropout = cfg.dropout
         self.v = nn.Linear(d, d)
         # No bias: a shift common to every token's coordinates leaves every distance
@@ -39,19 +43,15 @@ class GravityAttention(nn.Module):
         B, L, d = h.shape
         v = self.v(h).view(B, L, self.H, d // self.H).transpose(1, 2)
         zq = self.z(z).view(B, L, self.H, self.ch).transpose(1, 2)
-        gamma, r = F.softplus(self.gamma_raw), F.softplus(self.radius_raw)
-        if cache is None:
-            out = BACKENDS[self.backend](
-                zq, v, m, gamma, self.beta, r, self.sw,
-                dropout_p=self.dropout if self.training else 0.0, diagnostics=diagnostics,
-            )
+        g = Gravity(F.softplus(self.gamma_raw), self.beta, F.softplus(self.radius_raw), self.sw)
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is not None:
+            out = cached_gravity_attention(cache, zq, v, m, g)
+        elif diagnostics is not None:  # the statistics need the L x L weights, which only reference holds
+            out = reference_attention(zq, v, m, g, dropout_p, diagnostics)
         else:
-            out = cached_gravity_attention(cache, zq, v, m, gamma, self.beta, r, self.sw)
+            out = self.attend(zq, v, m, g, dropout_p)
         h_attn = self.o(out.transpose(1, 2).reshape(B, L, d))
-        if diagnostics is not None:
-            with torch.no_grad():
-                diagnostics.update(gamma_mean=float(gamma.mean()), gamma_std=float(gamma.std()),
-                                   beta_mean=float(self.beta.mean()), radius=float(r))
         return h_attn, self.next(h_attn)
 
 

@@ -1,14 +1,13 @@
 """Gravity attention as Triton kernels of our own: flash-attention style, forward and backward.
 
-Why not FlexAttention (tried, and dropped after an H100 run: 2.45x the baseline's step
-against these kernels' 1.73x, and gamma's and the masses' gradients off): its kernels
-compute every matmul in the inputs' dtype, so the float32 that the distances need also
-puts the P @ V product off the tensor cores; attention dropout has no slot in it; and
-the gradients of the per-row tables it captures arrive by one atomic add per score. Here
+Why not FlexAttention (docs/performance.md#flexattention-dropped): its kernels compute
+every matmul in the inputs' dtype, so the float32 that the distances need also puts the
+P @ V product off the tensor cores; attention dropout has no slot in it; and the
+gradients of the per-row tables it captures arrive by one atomic add per score. Here
 
 - squared distances come from float32 ``|z_i|^2 + |z_j|^2 - 2 z_i . z_j`` in IEEE
   precision (a difference of large terms), a token's distance to itself is exactly 0 with
-  no gradient (as in SPEC's difference form), and the softmax is float32;
+  no gradient (as in docs/model.md#distances' difference form), and the softmax is float32;
 - P @ V and the backward's products with V and dO run in the values' dtype: bf16 on
   tensor cores under AMP, float32 (IEEE) otherwise;
 - dropout keeps or drops each weight by a counter-based hash of (seed, batch, head,
@@ -43,11 +42,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ngt.config import Mass, Radius
 from ngt.model.counter_dropout import dropout_seed
-from ngt.model.gravity import GravitySwitches, mass_scaled_values, reference_attention, row_tables, score_dtype
+from ngt.model.gravity import Gravity, GravitySwitches, mass_scaled_values, row_tables, score_dtype
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-_RADIUS = {"none": 0, "hard": 1, "soft": 2}
+_RADIUS = {Radius.none: 0, Radius.hard: 1, Radius.soft: 2}
 
 
 def _tuned(kernel, *shapes: tuple[int, int, int, int], restore: tuple[str, ...] = (), key: tuple[str, ...] = ()):
@@ -75,14 +75,10 @@ def _launch(kernel, tuned, shape: tuple[int, int, int, int], deterministic: bool
     kernel[grid({"BM": bm, "BN": bn})](*args, **meta, BM=bm, BN=bn, num_warps=warps, num_stages=stages)
 
 
-# Forward keeps a few L x L tiles alive, backward about ten. Backward's shapes are those
-# that compiled for sm_90a (triton 3.6; scripts/kernel_report.py) without spilling
-# registers; with 4 warps, 32 x 64 spills 750-820 bytes and 64 x 32 90-830. Splitting
-# the loops into edge and interior tiles, and the forward's ALONE flag, raised register
-# use: with ngt_default's switches the forward's 64 x 64, 128 x 64 and 128 x 32 spill
-# 24-72 bytes (64 x 32 none); with the soft radius 128 x 32 spills 16 bytes and the keys
-# kernel's 32 x 32 (4 warps) 8 bytes. Wider key blocks mean fewer of the one-pass
-# backward's atomic adds per pair (they go as 1 / BN).
+# Forward keeps a few L x L tiles alive, backward about ten: the shapes are those that
+# compile for sm_90a with few or no registers spilled (scripts/kernel_report.py prints
+# what each spills; docs/performance.md#kernel-instruction-counts). Wider key blocks mean
+# fewer of the one-pass backward's atomic adds per pair (they go as 1 / BN).
 _FWD_SHAPES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3))
 _KEYS_SHAPES = ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 3))
 _QUERIES_SHAPE = (32, 32, 4, 2)  # the query pass runs only in the deterministic backward, at one shape
@@ -188,11 +184,12 @@ def _dot_v(a, b, IEEE_PV: tl.constexpr):
 @triton.jit
 def _scores(zi, zjT, rows, cols, a_i, c_i, m_j, r2, L,
             MASS_SCORES: tl.constexpr, RADIUS: tl.constexpr, RSQRT: tl.constexpr, EDGE: tl.constexpr):
-    """SPEC's scores for one (query block, key block) tile, with the intermediates backward
-    needs. On an EDGE tile (one the diagonal or the end of the keys crosses) the causal
-    and length masks are applied (-inf) and the diagonal's distance is 0; every other tile
-    lies wholly below the diagonal, so it needs none of that: most of a long sequence's
-    tiles, each a few instructions a pair shorter (scripts/kernel_report.py counts them).
+    """The scores (docs/model.md#scores) for one (query block, key block) tile, with the
+    intermediates backward needs. On an EDGE tile (one the diagonal or the end of the keys
+    crosses) the causal and length masks are applied (-inf) and the diagonal's distance is
+    0; every other tile lies wholly below the diagonal, so it needs none of that: most of a
+    long sequence's tiles, each a few instructions a pair shorter (scripts/kernel_report.py
+    counts them).
 
     Returns (s, d2, g, t, s1, f, live): g = 1 / (d2 + eps), t = c_i - a_i g (the score
     before the key's mass), s1 = t m_j or t, f the soft cutoff's factor, live where the
@@ -274,9 +271,9 @@ def _fwd_tile(start, Z, V, MK, bh, H, L, zi, rows, a_i, c_i, r2, stream, thresho
     # Subtract, then scale to base 2: the row's largest score then weighs exactly 1, and
     # ``scale`` is exactly 1 where the maximum did not move. s * LOG2E - shift would let the
     # GPU fuse a multiply-add (the interpreter does not), leaving 2^(rounding of s LOG2E),
-    # up to 4% off at a diagonal's -1e6: a row that sees only itself then gets O != V,
+    # a few percent off at a diagonal's -1e6: a row that sees only itself then gets O != V,
     # and dO . (V - O) times that score's 1e6 sensitivity is gamma's and the masses'
-    # gradient noise (the CUDA parity tests caught it).
+    # gradient noise (docs/performance.md#rows-that-see-only-themselves).
     new_top = tl.maximum(top, tl.max(s, 1))
     # A row whose every key so far is cut keeps -inf: subtract 0 instead (no inf - inf).
     shift = tl.where(new_top == float("-inf"), 0.0, new_top)
@@ -519,7 +516,7 @@ def _bwd_queries_kernel(Z, V, A, C, MK, R2, SEED, DO, LSE, DELTA, OWN, O, ALONE,
 def _launch_args(sw: GravitySwitches, dropout_p: float, v: torch.Tensor) -> tuple[int, float, dict]:
     """The dropout threshold (``counter_dropout.dropout_keep``'s), the inverted-dropout factor, and
     the kernels' compile-time switches."""
-    switches = dict(MASS_SCORES=sw.mass == "scores", RADIUS=_RADIUS[sw.radius], RSQRT=sw.use_rsqrt,
+    switches = dict(MASS_SCORES=sw.mass == Mass.scores, RADIUS=_RADIUS[sw.radius], RSQRT=sw.use_rsqrt,
                     DROPOUT=dropout_p > 0, IEEE_PV=v.dtype == torch.float32)
     return int(dropout_p * 2**32), 1.0 / (1.0 - dropout_p), switches
 
@@ -593,27 +590,15 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous() if width == n else F.pad(x, (0, width - n)).contiguous()
 
 
-def triton_gravity_attention(
-    zq: torch.Tensor,
-    v: torch.Tensor,
-    m: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    r: torch.Tensor,
-    sw: GravitySwitches,
-    dropout_p: float = 0.0,
-    diagnostics: Optional[dict] = None,
-    seed: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """SPEC's attention through the kernels above; ``seed`` fixes the dropout mask (drawn
+def triton_gravity_attention(zq: torch.Tensor, v: torch.Tensor, m: torch.Tensor, g: Gravity,
+                             dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gravity attention through the kernels above; ``seed`` fixes the dropout mask (drawn
     from torch's generator when omitted, so runs stay reproducible under ``torch.manual_seed``)."""
-    if diagnostics is not None:
-        return reference_attention(zq, v, m, gamma, beta, r, sw, dropout_p, diagnostics)
     f = score_dtype(zq)
     dh = v.shape[-1]
     z = _padded(zq.to(dtype=f, memory_format=torch.contiguous_format))  # one copy, not a cast and then a copy
-    vv = _padded(mass_scaled_values(v, m, sw))
-    a, c, r2 = row_tables(m, gamma, beta, r, sw, f)
+    vv = _padded(mass_scaled_values(v, m, g.sw))
+    a, c, r2 = row_tables(m, g, f)
     out = _GravityAttention.apply(z, vv, a.contiguous(), c.contiguous(), m.to(f).contiguous(), r2.reshape(()),
-                                  sw, float(dropout_p), dropout_seed(seed, dropout_p, zq.device))
+                                  g.sw, float(dropout_p), dropout_seed(seed, dropout_p, zq.device))
     return out if out.shape[-1] == dh else out[..., :dh]
