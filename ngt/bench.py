@@ -37,17 +37,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ngt.config import Config, register_configs
+from ngt.config import CONF, Arch, Config, register_configs, variant_names
 from ngt.errors import exit_on_user_error
 from ngt.model import build_model, count_params
-from ngt.model.gravity import resolve_backend
+from ngt.model.backends import resolve_backend
 from ngt.naming import register_resolvers
-from ngt.train import (Repulsion, _amp, compile_mode, compile_model, make_optimizer, pick_device, train_step,
-                       use_deterministic)
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-VARIANTS = ("baseline", "ngt_default", "mass_in_value", "no_repulsion", "repulsion_interval_8", "no_radius",
-            "soft_cutoff", "bare")
+from ngt.runtime import (autocast, compile_mode, compile_model, device_name, grad_scaler, pick_device, sync,
+                         use_deterministic)
+from ngt.step import Repulsion, make_optimizer, train_step
 
 
 @dataclass
@@ -61,7 +58,7 @@ class Size:
 
 # The CPU target of issue 5 ("small": the tiny file widened to d256) and the two shipped
 # sizes at the setting each trains in: tiny with the bundled corpus' 75 characters, w3_25m
-# with SPEC's BPE-8192 recipe.
+# with the recipe's BPE-8192 (docs/recipe.md).
 SIZES = {
     "small": Size("tiny", ["model.d_model=256", "model.n_heads=8", "model.coord_dim=64", "model.mlp_dim=1024"],
                   8, 256, 8192),
@@ -75,10 +72,9 @@ def compose_config(size: Size, variant: str, extra: list[str]) -> Config:
         node = compose(config_name="config", overrides=[f"model={size.model}", f"variant={variant}", *size.overrides,
                                                          f"train.batch_size={size.batch}",
                                                          f"train.block_size={size.block}", *extra])
-    cfg = OmegaConf.to_object(node)
     # Learned positions need a row per position: longer blocks widen the table.
-    cfg.model.context = max(cfg.model.context, size.block)
-    return cfg
+    node.model.context = max(node.model.context, size.block)
+    return OmegaConf.to_object(node)
 
 
 @dataclass
@@ -104,8 +100,8 @@ class Runner:
         self.mode = compile_mode(self.cfg.train, self.device) if self.train_model is not self.model else None
         self.cuda_graphs = self.device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
         self.optimizer = make_optimizer(self.model, self.cfg.train)
-        self.amp_ctx, amp_dtype = _amp(self.device, self.cfg.train.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.amp_ctx, amp_dtype = autocast(self.device, self.cfg.train.amp)
+        self.scaler = grad_scaler(amp_dtype)
         self.rep_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         t = self.cfg.train
         g = torch.Generator().manual_seed(self.cfg.data_seed)
@@ -114,13 +110,13 @@ class Runner:
 
     @property
     def attn(self) -> str:
-        if self.cfg.variant.arch != "ngt":
+        if self.cfg.variant.arch != Arch.ngt:
             return "sdpa"
         return resolve_backend(self.cfg.model.attn_impl, self.device)
 
     def run_step(self) -> None:
         v = self.cfg.variant
-        every = v.repulsion_interval if v.arch == "ngt" else 0
+        every = v.repulsion_interval if v.arch == Arch.ngt else 0
         rep = Repulsion(v.repulsion_weight, v.repulsion_samples, self.rep_gen) if every and self.step % every == 0 else None
         result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, [self.batch],
                             self.cfg.train.grad_clip, rep)
@@ -148,10 +144,10 @@ class Runner:
                              "break_reasons": {reason.splitlines()[0][:200]: n for reason, n in new.most_common(5)}}
 
     def timed_step(self) -> None:
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         self.run_step()
-        _sync(self.device)
+        sync(self.device)
         self.times_ms.append(1000 * (time.perf_counter() - t0))
 
     def static_bytes(self) -> int:
@@ -170,22 +166,17 @@ class Runner:
         return (self.static_bytes() + max(peak[0], self.warmup_peak)) / 2**20
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextmanager
 def _allocation_peak(device: torch.device) -> Iterator[list[int]]:
     """Yields a one-item list that holds, on exit, the most bytes allocated above the
     amount allocated on entry."""
     out = [0]
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         yield out
-        _sync(device)
+        sync(device)
         out[0] = torch.cuda.max_memory_allocated(device) - start
         return
     from torch.profiler import ProfilerActivity
@@ -243,7 +234,7 @@ def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True)
         t = r.cfg.train
         ms = statistics.median(r.times_ms)
         rows.append({
-            "variant": r.name, "arch": r.cfg.variant.arch, "attn": r.attn, "params": count_params(r.model),
+            "variant": r.name, "arch": str(r.cfg.variant.arch), "attn": r.attn, "params": count_params(r.model),
             "batch": t.batch_size, "block": t.block_size, "ms_per_step": ms,
             "ms_min": min(r.times_ms), "ms_max": max(r.times_ms),
             "tokens_per_s": t.batch_size * t.block_size / (ms / 1000),
@@ -267,12 +258,12 @@ def profile_steps(runners: list[Runner], steps: int, top: int = 12) -> list[dict
     rows = []
     for r in runners:
         cuda = r.device.type == "cuda"
-        _sync(r.device)
+        sync(r.device)
         with _profiling(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             t0 = time.perf_counter()
             for _ in range(steps):
                 r.run_step()
-            _sync(r.device)
+            sync(r.device)
             wall_ms = 1000 * (time.perf_counter() - t0) / steps
         events = prof.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -366,7 +357,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="batch size (default: the size's)")
     p.add_argument("--block", type=int, help="context length of a batch (default: the size's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the size's)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated conf/variant names")
+    p.add_argument("--variants", default=",".join(variant_names()), help="comma-separated conf/variant names")
     p.add_argument("--impl", default="auto", help="model.attn_impl for the NGT variants")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
@@ -390,7 +381,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     register_configs()
     register_resolvers()
-    device = pick_device(args.device)
+    device = pick_device(args.device, setting="--device")
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
     base = SIZES[args.model]
@@ -398,7 +389,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     extra = [f"model.attn_impl={args.impl}", *args.overrides]
     variants = [v for v in args.variants.split(",") if v]
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "size": args.model, "config": asdict(size), "overrides": extra, "steps": args.steps, "warmup": args.warmup,
         "memory": "cuda max_memory_allocated" if device.type == "cuda" else "torch profiler allocation events",

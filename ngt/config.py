@@ -1,107 +1,247 @@
 """The configuration tree: typed dataclasses registered in Hydra's ConfigStore.
 
-Every YAML file under ``conf/`` merges into one of these nodes, so a misspelt key
-or a value of the wrong type fails at composition time instead of mid-run.
+Every YAML file under ``conf/`` merges into one of these nodes. A misspelt key, a value
+of the wrong type or a choice that does not exist fails when the config is composed
+(OmegaConf checks types and ``Enum`` members); a value out of range fails when the
+config becomes these objects (each class's ``__post_init__``). ``ngt.screen`` does both
+for every job of a command before Hydra creates a directory or submits a job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+import re
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+from ngt.errors import NGTError
+
+PACKAGE = Path(__file__).resolve().parent
+CONF = PACKAGE / "conf"
+SWEEPS = PACKAGE / "sweeps"
+
+# Settings that say where and how fast a run executes, not what it computes: they do not
+# name its directory, a completed run is skipped under other values of them, and an
+# interrupted one resumes under other values of them. (`continue=` may also change the
+# budget: ngt.trainer.resume.)
+NEUTRAL_KEYS = ("hydra", "sweep", "force", "train.device", "train.threads", "train.log_every", "train.compile",
+                "train.compile_mode", "train.deterministic", "model.attn_impl")
+
+
+def is_neutral(key: str) -> bool:
+    """Whether the dotted config key (or override key, ``hydra/launcher`` included) is neutral."""
+    key = key.lstrip("+~").replace("/", ".")
+    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)
+
+
+class Arch(StrEnum):
+    ngt = "ngt"
+    baseline = "baseline"
+
+
+class Mass(StrEnum):
+    scores = "scores"  # score *= m_i m_j
+    value = "value"  # V_j *= m_j
+
+
+class Radius(StrEnum):
+    hard = "hard"
+    soft = "soft"
+    none = "none"
+
+
+class Init(StrEnum):
+    gpt2 = "gpt2"
+    torch_default = "torch_default"  # the original's: first loss ~200+ (docs/model.md#initialisation)
+
+
+class AttnImpl(StrEnum):
+    auto = "auto"
+    reference = "reference"
+    compiled = "compiled"
+    triton = "triton"
+
+
+class Source(StrEnum):
+    bundled = "bundled"
+    text = "text"
+    hf = "hf"
+    url = "url"
+
+
+class TokenizerKind(StrEnum):
+    char = "char"
+    bpe = "bpe"
+
+
+# torch.compile's own mode names, dashes included (so not written as a class).
+CompileMode = StrEnum("CompileMode", [(m, m) for m in (
+    "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")])
+
+MIN_BPE_VOCAB = 258  # the 256 bytes, <unk>, and room for at least one merge
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise NGTError(f"{key}={value!r} is out of range: {allowed}")
+
+
+def _at_least(obj: Any, prefix: str, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value >= minimum, f"{prefix}.{name}", value, f"at least {minimum}")
+
+
+def _as_enums(obj: Any, prefix: str) -> None:
+    """Plain strings (a checkpoint's config, a test) become the fields' ``Enum`` members."""
+    for name, hint in get_type_hints(type(obj)).items():
+        kind = next((a for a in get_args(hint) if a is not type(None)), hint)  # Optional[X] -> X
+        value = getattr(obj, name)
+        if isinstance(kind, type) and issubclass(kind, Enum) and value is not None and not isinstance(value, kind):
+            try:
+                setattr(obj, name, kind(value))
+            except ValueError:
+                choices = ", ".join(m.value for m in kind)
+                raise NGTError(f"{prefix}.{name}={value!r} is not one of {choices}") from None
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its description, which ``python -m ngt.screen --help`` prints."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class VariantConfig:
-    """Which attention and which NGT switches (SPEC: 'Variants screened')."""
+    """Which attention and which NGT switches (docs/model.md#variants)."""
 
-    name: str = "ngt_default"
-    arch: str = "ngt"  # ngt | baseline
-    mass: str = "scores"  # scores: score *= m_i m_j; value: V_j *= m_j
-    radius: str = "hard"  # hard | soft | none
-    use_rsqrt: bool = True
-    repulsion_weight: float = 0.05
-    repulsion_interval: int = 1  # optimizer steps between repulsion terms; 0 = off
-    repulsion_samples: int = 64
+    name: str = setting("ngt_default", "the variant's name in reports")
+    arch: Arch = setting(Arch.ngt, "gravity attention (ngt) or the GPT baseline with SDPA")
+    mass: Mass = setting(Mass.scores, "masses scale the scores (m_i m_j) or the values (V_j m_j)")
+    radius: Radius = setting(Radius.hard, "radius cutoff: hard (-inf beyond r), soft (relu(1 - d2/r^2)) or none")
+    use_rsqrt: bool = setting(True, "compute 1/(d2 + eps) as rsqrt squared")
+    repulsion_weight: float = setting(0.05, "weight of the repulsion energy in the loss")
+    repulsion_interval: int = setting(1, "optimizer steps between repulsion terms; 0 = off")
+    repulsion_samples: int = setting(64, "positions sampled for the repulsion energy")
+
+    def __post_init__(self) -> None:
+        _as_enums(self, "variant")
+        _at_least(self, "variant", 0, "repulsion_weight", "repulsion_interval")
+        _at_least(self, "variant", 2, "repulsion_samples")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    coord_dim: int = 32  # c: width of the geometric stream
-    head_coord_dim: int = 16  # ch: coordinates per head
-    mlp_dim: int = 512  # NGT's FFN width; the baseline's is derived to match params
-    context: int = 256  # max sequence length (learned positions)
-    dropout: float = 0.1
-    init: str = "gpt2"  # gpt2 | torch_default (the original's, first loss ~200+)
-    radius_init: float = 4.0  # raw value; r = softplus(radius_raw)
-    attn_impl: str = "auto"  # auto | reference | compiled | triton (CUDA); see ngt.model.gravity.resolve_backend
+    """The size, shared by every variant of a grid (docs/model.md)."""
+
+    name: str = setting("tiny", "the size's name in reports")
+    d_model: int = setting(128, "width of the hidden states")
+    n_layers: int = setting(4, "blocks")
+    n_heads: int = setting(4, "attention heads")
+    coord_dim: int = setting(32, "c: width of the coordinates z (NGT)")
+    head_coord_dim: int = setting(16, "ch: coordinates per head (NGT)")
+    mlp_dim: int = setting(512, "NGT's FFN width; the baseline's is solved to match its parameter count")
+    context: int = setting(256, "longest sequence (learned positions)")
+    dropout: float = setting(0.1, "dropout in attention and FFN")
+    init: Init = setting(Init.gpt2, "gpt2 (N(0, 0.02)) or the original's torch_default (first loss ~200+)")
+    radius_init: float = setting(4.0, "raw radius at init; r = softplus(raw)")
+    attn_impl: AttnImpl = setting(AttnImpl.auto, "NGT's attention backend; auto: triton on CUDA, else compiled")
+
+    def __post_init__(self) -> None:
+        _as_enums(self, "model")
+        _at_least(self, "model", 1, "d_model", "n_layers", "n_heads", "coord_dim", "head_coord_dim", "mlp_dim",
+                  "context")
+        _check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
+               f"a multiple of model.n_heads={self.n_heads}")
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "0 <= dropout < 1")
+        _check(math.isfinite(self.radius_init), "model.radius_init", self.radius_init, "a finite number")
 
 
 @dataclass
 class DataConfig:
-    name: str = "shakespeare"
-    source: str = "bundled"  # bundled | text | hf | url
-    path: Optional[str] = None  # file/folder (text), dataset path (hf), url (url)
-    hf_config: Optional[str] = None  # e.g. wikitext-103-raw-v1
-    sha256: Optional[str] = None  # expected checksum of a downloaded file (url)
-    tokenizer: str = "char"  # char | bpe
-    vocab_size: int = 8192  # bpe only
-    val_fraction: float = 0.1  # single-text sources: last fraction is validation
-    cache_dir: Optional[str] = None  # default: $NGT_CACHE or ~/.cache/ngt
+    """The corpus and its tokenizer (README, 'Data')."""
+
+    name: str = setting("shakespeare", "the corpus's name in reports and cache files")
+    source: Source = setting(Source.bundled, "bundled (the plays shipped), text (data.path), hf (a hub dataset), url")
+    path: Optional[str] = setting(None, "a .txt file or folder (text), a dataset id or local copy (hf), a URL (url)")
+    hf_config: Optional[str] = setting(None, "the hub dataset's config, e.g. wikitext-103-raw-v1")
+    sha256: Optional[str] = setting(None, "expected checksum of a downloaded file (url)")
+    tokenizer: TokenizerKind = setting(TokenizerKind.char, "char, or bpe (byte-level, trained on the train split)")
+    vocab_size: int = setting(8192, "BPE vocabulary size")
+    val_fraction: float = setting(0.1, "single-text corpora: the last fraction validates")
+    cache_dir: Optional[str] = setting(None, "token and tokenizer cache; default $NGT_CACHE or ~/.cache/ngt")
+
+    def __post_init__(self) -> None:
+        _as_enums(self, "data")
+        if self.tokenizer == TokenizerKind.bpe:
+            _check(MIN_BPE_VOCAB <= self.vocab_size < 2**32, "data.vocab_size", self.vocab_size,
+                   f"at least {MIN_BPE_VOCAB} for the byte-level BPE tokenizer")
+        _check(0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "0 < val_fraction < 1")
 
 
 @dataclass
 class BudgetConfig:
-    name: str = "demo"
-    max_steps: int = 300
-    warmup_steps: int = 30
-    eval_every: int = 50
-    eval_batches: int = 8
-    checkpoint_every: int = 50
-    throughput_window: list[int] = field(default_factory=list)  # [start, end] steps; [] = first..last eval
+    """How long a run trains, and how often it evaluates and saves."""
+
+    name: str = setting("demo", "the budget's name in reports")
+    max_steps: int = setting(300, "optimizer steps; the cosine schedule ends here")
+    warmup_steps: int = setting(30, "linear warmup steps")
+    eval_every: int = setting(50, "steps between evaluations")
+    eval_batches: int = setting(8, "fixed batches per evaluation (of validation and of train)")
+    checkpoint_every: int = setting(50, "steps between saves of checkpoints/last.pt")
+    throughput_window: list[int] = setting([], "[start, end] steps for steps/s; [] = first evaluation after 0 to the last")
+
+    def __post_init__(self) -> None:
+        _at_least(self, "budget", 1, "max_steps", "eval_every", "eval_batches", "checkpoint_every")
+        _at_least(self, "budget", 0, "warmup_steps")
+        w = list(self.throughput_window)
+        _check(not w or (len(w) == 2 and 0 <= w[0] < w[1]), "budget.throughput_window", w,
+               "[] or [start, end] with 0 <= start < end")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16
-    block_size: int = 128
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.01  # torch's AdamW default, as in the original
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 1.0
-    amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a scaler
-    # torch.compile the model for training; null (the default): on CUDA, off on CPU. On an
-    # H100 it took w3_25m's steps from 18.3 to 14.0 ms (baseline) and 31.6 to 19.0 ms (NGT):
-    # eager steps there are bound by launching kernels from Python. On CPU the attention
-    # backends compile what matters themselves, and compiling the rest costs more than it saves.
-    compile: Optional[bool] = None
-    # torch.compile's mode: default | reduce-overhead (CUDA graphs: no per-kernel launch cost
-    # from Python) | max-autotune | max-autotune-no-cudagraphs; null (the default):
-    # reduce-overhead on CUDA, default elsewhere. Compiled w3_25m steps on an H200 were bound
-    # by launching kernels (the device busy 11 of 27 ms, baseline; 11 of 39 ms, NGT); CUDA
-    # graphs took them to 14.9 and 17.7 ms.
-    compile_mode: Optional[str] = None
-    # torch.use_deterministic_algorithms for the run: on CUDA the same bits on every run,
-    # wherever torch has a deterministic kernel (it warns naming any op without one), for
-    # some speed: NGT's Triton backward then takes two passes instead of one that sums by
-    # atomic adds. CPU runs repeat bit for bit either way.
-    deterministic: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    log_every: int = 10  # progress line every N steps
-    full_val: bool = True  # one non-overlapping pass over validation at the end
+    """The recipe (docs/recipe.md) and where it runs."""
+
+    batch_size: int = setting(16, "sequences per micro-batch")
+    block_size: int = setting(128, "tokens per sequence")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(1e-3, "peak learning rate (AdamW), after warmup")
+    min_lr: float = setting(0.0, "learning rate at the end of the cosine")
+    weight_decay: float = setting(0.01, "AdamW weight decay (torch's default, as the original)")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.999, "AdamW beta2")
+    grad_clip: float = setting(1.0, "largest gradient norm")
+    amp: bool = setting(True, "CUDA: bf16 autocast where supported, else fp16 with a scaler")
+    # On CPU the attention backends compile what matters themselves (docs/performance.md).
+    compile: Optional[bool] = setting(None, "torch.compile the model; null: on CUDA only")
+    compile_mode: Optional[CompileMode] = setting(None, "torch.compile's mode; null: reduce-overhead (CUDA graphs) "
+                                                        "on CUDA, default elsewhere")
+    deterministic: bool = setting(False, "torch.use_deterministic_algorithms: the same bits on every CUDA run, "
+                                         "for some speed")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = setting(0, "CPU threads for torch; 0 = torch's default")
+    log_every: int = setting(10, "steps between progress lines")
+    full_val: bool = setting(True, "one pass over the whole validation split at the end")
+
+    def __post_init__(self) -> None:
+        _as_enums(self, "train")
+        _at_least(self, "train", 1, "batch_size", "block_size", "grad_accum", "log_every")
+        _at_least(self, "train", 0, "min_lr", "weight_decay", "threads")
+        _check(self.lr > 0, "train.lr", self.lr, "greater than 0")
+        _check(self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"at most train.lr={self.lr}")
+        _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "greater than 0 (the largest gradient norm)")
+        for name in ("beta1", "beta2"):
+            _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "0 <= beta < 1")
+        _check(bool(_DEVICE.fullmatch(self.device)), "train.device", self.device, "auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -111,10 +251,88 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 42  # model init and dropout
-    data_seed: int = 1337  # order of training batches
-    eval_seed: int = 2024  # the fixed evaluation batches, shared by every run of a sweep
-    sweep: Optional[str] = None  # name of the named grid (sweeps/<name>.yaml) this run belongs to
+    seed: int = setting(42, "model initialisation and dropout (the repulsion samples use seed + 1)")
+    data_seed: int = setting(1337, "order of the training batches")
+    eval_seed: int = setting(2024, "the fixed evaluation batches, shared by every run of a grid")
+    sweep: Optional[str] = setting(None, "the named grid (sweeps/<name>.yaml) the run belongs to")
+    force: bool = setting(False, "train again from scratch, discarding what the run directory holds")
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "data_seed", "eval_seed"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), "at least 0")
+        _check(self.train.block_size <= self.model.context, "train.block_size", self.train.block_size,
+               f"at most the model's context (model.context={self.model.context})")
+
+
+def settings_help(values: Optional[dict[str, Any]] = None) -> str:
+    """Every setting with its value (the composed config's, else the default) and its
+    description, for ``python -m ngt.screen --help``."""
+    values = values or {}
+    lines = []
+    for top in fields(Config):
+        kind = get_type_hints(Config)[top.name]
+        if is_dataclass(kind):
+            lines.append(f"{top.name}: {kind.__doc__.splitlines()[0]}")
+            lines += [_help_line(f"{top.name}.{f.name}", f, get_type_hints(kind)[f.name],
+                                 values.get(top.name, {}).get(f.name, MISSING)) for f in fields(kind)]
+    lines.append("seeds and the rest:")
+    lines += [_help_line(f.name, f, get_type_hints(Config)[f.name], values.get(f.name, MISSING))
+              for f in fields(Config) if "help" in f.metadata]
+    return "\n".join(lines)
+
+
+def _help_line(key: str, f: Any, hint: Any, value: Any) -> str:
+    kind = next((a for a in get_args(hint) if a is not type(None)), hint)
+    choices = f" [{'|'.join(m.value for m in kind)}]" if isinstance(kind, type) and issubclass(kind, Enum) else ""
+    if value is MISSING:
+        value = plain(f.default) if f.default_factory is MISSING else plain(f.default_factory())
+    shown = json.dumps(value) if isinstance(value, (bool, type(None))) else value
+    return f"  {key}={shown}{choices}  {f.metadata.get('help', '')}"
+
+
+def plain(obj: Any) -> Any:
+    """A config (or any part of it) as plain dicts, lists, strings and numbers: what JSON,
+    YAML and ``torch.load(weights_only=True)`` can hold."""
+    if is_dataclass(obj):
+        return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [plain(x) for x in obj]
+    return obj
+
+
+def from_plain(d: dict[str, Any]) -> Config:
+    """The inverse of ``plain`` for a whole config, checked as on composition."""
+    parts = {"variant": VariantConfig, "model": ModelConfig, "data": DataConfig, "budget": BudgetConfig,
+             "train": TrainConfig}
+    try:
+        return Config(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
+    except TypeError as e:
+        raise NGTError(f"a config this version of ngt cannot read ({e})") from None
+
+
+def differences(old: dict, new: dict, allowed: tuple[str, ...], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs between two plain configs, but those
+    under ``allowed`` (dotted keys)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        path = f"{prefix}{k}"
+        if any(path == a or path.startswith(a + ".") for a in allowed):
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differences(a, b, allowed, path + ".")
+        elif a != b:
+            keys.append(f"{path}: {a!r} -> {b!r}")
+    return keys
+
+
+def variant_names() -> list[str]:
+    """Every variant the suite ships, one per file in conf/variant/: the baseline, the default
+    NGT, then its ablations by name."""
+    names = sorted(p.stem for p in (CONF / "variant").glob("*.yaml"))
+    return sorted(names, key=lambda n: (n != "baseline", n != "ngt_default"))
 
 
 def register_configs() -> None:

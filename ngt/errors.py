@@ -1,7 +1,10 @@
 """One exception type for problems the user can fix.
 
-Anything raised as ``NGTError`` is reported as a single line naming the problem and
-exits non-zero; everything else is a bug and keeps its traceback in the run's log.
+Anything raised as ``NGTError`` is reported as a single line naming the problem; so is an
+``OSError`` (a full disk, a read-only folder), naming the file. Exit status 2 means bad
+input (a setting, a path, a command that does not fit its run directory), 1 a failure
+while running (``RunFailed``: a run that diverged; an ``OSError``). Everything else is a
+bug and keeps its traceback in the run's directory.
 """
 
 import re
@@ -14,7 +17,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 
 class NGTError(Exception):
-    """A bad config, a missing or broken file, or a diverged run."""
+    """A bad config, a missing or broken file, or a failed run."""
+
+
+class RunFailed(NGTError):
+    """A run that started and could not go on (exit status 1, not 2)."""
+
+
+def os_error_line(e: OSError) -> str:
+    """'No space left on device: /path/file' (the file a write or read failed on)."""
+    where = e.filename or "(a file)"
+    return f"{e.strerror or type(e).__name__}: {where}"
 
 
 def one_line(e: BaseException) -> str:
@@ -33,12 +46,19 @@ def one_line(e: BaseException) -> str:
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """For a command's entry point: a bad config or override (Hydra, OmegaConf) or an
-    ``NGTError`` ends the process with one ``error: ...`` line and exit status 2."""
+    ``NGTError`` ends the process with one ``error: ...`` line and exit status 2, a
+    ``RunFailed`` or an ``OSError`` with status 1."""
     try:
         yield
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except NGTError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)

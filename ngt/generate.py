@@ -19,13 +19,12 @@ from typing import Sequence, get_type_hints
 import torch
 import torch.nn as nn
 
-from ngt.checkpoint import load_checkpoint
-from ngt.data import Tokenizer, tokenizer_from_json
+from ngt.data import Tokenizer
 from ngt.errors import NGTError
-from ngt.model import model_from_checkpoint
 from ngt.rundir import RunDir
 from ngt.sampling import Decoder, Sampler, TextStream, generate
-from ngt.train import pick_device
+from ngt.runtime import pick_device
+from ngt.trained import load_trained
 
 
 def _arg(default, help: str):
@@ -120,9 +119,8 @@ def load_run(run: str, checkpoint: str, device: torch.device) -> Loaded:
         raise NGTError(f"no such run directory or checkpoint: {run}")
     if not zipfile.is_zipfile(path):  # torch.load's own error for, say, a text file is "KeyError: '101'"
         raise NGTError(f"{path} is not a checkpoint, or is truncated (torch.save writes a zip archive; this is not one)")
-    state = load_checkpoint(path)
-    model, model_cfg, variant = model_from_checkpoint(state, path, device)
-    return Loaded(model, tokenizer_from_json(state["tokenizer"]), path, state["step"], variant.name, model_cfg.name)
+    t = load_trained(path, device)
+    return Loaded(t.model, t.tokenizer, path, t.checkpoint.step, t.config.variant.name, t.config.model.name)
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -199,7 +197,7 @@ def bench(cfg: GenerateConfig, loaded: Loaded) -> None:
 def run(cfg: GenerateConfig) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    loaded = load_run(cfg.run, cfg.checkpoint, pick_device(cfg.device))
+    loaded = load_run(cfg.run, cfg.checkpoint, pick_device(cfg.device, setting="device"))
     print(f"loaded {loaded.path} (step {loaded.step}, {loaded.variant}, {loaded.model_name})", file=sys.stderr)
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.bench:

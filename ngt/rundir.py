@@ -1,25 +1,40 @@
-"""The run directory: the contract between a run and every tool that reads it.
+"""The run directory: the contract between a run and every tool that reads it
+(docs/run-directory.md).
 
     metrics.jsonl         one JSON object per evaluation
-    summary.json          status, seeds, params, losses, throughput, device
-    checkpoints/last.pt   full state, every checkpoint_every steps and at the end
-    checkpoints/best.pt   full state at the best validation loss
-    tb/                   TensorBoard scalars and hparams
-    .hydra/, <job>.log    Hydra's record of the config and the run's log
+    summary.json          ngt.records.RunSummary: status, seeds, params, losses, throughput
+    checkpoints/last.pt   ngt.records.Checkpoint, every checkpoint_every steps and at the end
+    checkpoints/best.pt   the same at the best validation loss
+    tb/                   TensorBoard scalars, hparams and the projector of z
+    .hydra/, run.log      Hydra's record of the config and the run's log
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import shutil
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Optional
 
-from ngt.checkpoint import atomic_write_bytes
+from filelock import FileLock, Timeout
+
+from ngt.atomic import atomic_write_bytes, naming_the_file
+from ngt.errors import NGTError
+from ngt.records import RunSummary
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"  # held by the process training the run; the OS releases it when that process dies
+OWNER = ".lock.owner"  # who holds it, for the message of a launch that finds it taken
+
+
+class RunBusy(NGTError):
+    """Another process is training this run directory."""
 
 
 @dataclass(frozen=True)
@@ -46,15 +61,62 @@ class RunDir:
     def tb(self) -> Path:
         return self.path / "tb"
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process while the block runs; raises RunBusy,
+        naming the holder, where another process holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path / LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunBusy(f"{self.path} is being trained by {self._owner()}") from None
+        try:
+            owner = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            atomic_write_bytes(self.path / OWNER, lambda f: f.write(owner.encode()))
+            yield
+        finally:
+            lock.release()
+
+    def _owner(self) -> str:
+        try:
+            return (self.path / OWNER).read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of writes a kill interrupted (ngt.atomic): only their process
+        could have finished them, and it is gone (the caller holds the lock)."""
+        for folder in (self.path, self.path / "checkpoints"):
+            for tmp in folder.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove what training wrote (``force=true``); Hydra's records and the log stay."""
+        for f in (self.summary, self.metrics, self.path / "traceback.txt"):
+            f.unlink(missing_ok=True)
+        for folder in (self.path / "checkpoints", self.tb):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.exists():
+        """Every evaluation row. A last line without its newline that does not parse is the
+        row a crash cut mid-append, and is left out (the trainer writes it again); any other
+        line that does not parse raises NGTError naming it, and the file is not touched."""
+        try:
+            text = self.metrics.read_text()
+        except FileNotFoundError:
             return []
+        lines = text.split("\n")  # the last item is "" when the file ends with a newline
         rows = []
-        for line in self.metrics.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
+                if line:
+                    rows.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut by a kill mid-write: everything after it is lost work
+                if number == len(lines):  # torn: the append never reached its newline
+                    break
+                raise NGTError(f"{self.metrics}, line {number}: not a metrics row ({line[:40]!r}); "
+                               "the file was left as it is: repair or remove that line") from None
         return rows
 
     def rewrite_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -64,27 +126,23 @@ class RunDir:
         atomic_write_bytes(self.metrics, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics, "a") as f:
+        """One row, on disk before the checkpoint of its step is written."""
+        with naming_the_file(self.metrics), open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+            os.fsync(f.fileno())
 
-    def read_summary(self) -> dict[str, Any] | None:
+    def read_summary(self) -> Optional[RunSummary]:
+        """The run's summary; None when it has none yet. A damaged one raises NGTError."""
         try:
-            return json.loads(self.summary.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            text = self.summary.read_text()
+        except FileNotFoundError:
             return None
+        try:
+            return RunSummary.from_dict(json.loads(text))
+        except (json.JSONDecodeError, AttributeError, NGTError) as e:
+            raise NGTError(f"{self.summary} is damaged ({str(e).splitlines()[0][:120]})") from None
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(summary, indent=2, default=_jsonable) + "\n"
+    def write_summary(self, summary: RunSummary) -> None:
+        text = json.dumps(summary.to_dict(), indent=2) + "\n"
         atomic_write_bytes(self.summary, lambda f: f.write(text.encode()))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """JSON has no NaN; a diverged value is recorded as null."""
-    return x if x is not None and math.isfinite(x) else None

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ngt.data import Tokenizer
+from ngt.errors import NGTError
 from ngt.model.decode import KVCache
 
 
@@ -62,6 +63,9 @@ class Sampler:
     top_p: float = 1.0  # 1: off
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator) -> int:
+        if not bool(torch.isfinite(logits).all()):
+            raise NGTError("the model's outputs are not finite numbers: its weights come from a run that diverged "
+                           "(try checkpoint=best, or an earlier run)")
         if self.temperature == 0:
             return int(logits.argmax())
         probs = torch.softmax(self.filter(logits / self.temperature), dim=-1)

@@ -2,107 +2,163 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ngt.config import register_configs
-from ngt.errors import NGTError, exit_on_user_error
-from ngt.naming import register_resolvers, sweep_name
+from ngt.config import Config, register_configs
+from ngt.errors import NGTError, RunFailed, exit_on_user_error, os_error_line
+from ngt.naming import override_key, quoted, register_resolvers, sweep_dir_overrides
+from ngt.preflight import is_swept, preflight
+from ngt.records import RunSummary, Status
 from ngt.rundir import RunDir
 
 log = logging.getLogger("ngt.screen")
+GRID_SIZE = "NGT_GRID_SIZE"
 
 register_configs()
 register_resolvers()
 
 
-def _record_failure(run_dir: Path, message: str) -> None:
+def _record_failure(run_dir: Path, cfg: Optional[Config], message: str) -> None:
+    """Mark the run failed in its summary (made from the config if the trainer wrote none
+    yet). A completed run is never marked failed: the command that failed did not run it."""
     rd = RunDir(run_dir)
-    summary = rd.read_summary() or {}
-    if summary.get("status") != "failed":
-        rd.write_summary({**summary, "status": "failed", "message": message})
+    try:
+        summary = rd.read_summary()
+    except (NGTError, OSError):
+        return  # a damaged or unreadable summary is left as it is, for the user to see
+    if summary is None and cfg is not None:
+        summary = RunSummary.of_config(cfg, Status.failed)
+    if summary is None or summary.status == Status.completed:
+        return
+    summary.status, summary.message = Status.failed, message
+    try:
+        rd.write_summary(summary)
+    except OSError:
+        pass  # the disk that failed the run: the message still reaches the log
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def _record_interrupt(run_dir: Path) -> None:
+    rd = RunDir(run_dir)
+    try:
+        summary = rd.read_summary()
+        if summary is not None and summary.status == Status.running:
+            summary.status = Status.interrupted
+            summary.message = "stopped at once by a second Ctrl-C; resumes from its last periodic checkpoint"
+            rd.write_summary(summary)
+    except (NGTError, OSError):
+        pass
+    log.error("stopped at once by a second Ctrl-C: %s resumes from its last periodic checkpoint", run_dir)
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from ngt.train import train  # torch and data imports wait until the config is known to be valid
+    from ngt.trainer import train  # torch and data imports wait until the config is known to be valid
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    config: Optional[Config] = None
+    status = 2  # bad input, unless the run started and then failed
+    if multirun:
+        log.info("run %d of %s: %s", hc.job.num + 1, os.environ.get(GRID_SIZE, "?"), run_dir)
     try:
-        return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0)
+        config = OmegaConf.to_object(cfg)
+        return train(config, run_dir, job_num=hc.job.num if multirun else 0)
     except NGTError as e:
-        message = str(e)
+        message, status = str(e), 1 if isinstance(e, RunFailed) else 2
+    except OSError as e:
+        message, status = os_error_line(e), 1
     except Exception as e:  # a bug, not bad input: keep the traceback in the run directory
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        message = f"{type(e).__name__}: {e} (traceback in {run_dir / 'traceback.txt'})"
-    _record_failure(run_dir, message)
+        message, status = _bug(run_dir, e), 1
+    except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, so nothing was saved
+        _record_interrupt(run_dir)
+        sys.exit(130)
+    _record_failure(run_dir, config, message)
     log.error("error: %s", message)
     if multirun:  # let the other runs of the grid go on; the sweep reports the failure at its end
         return {"status": "failed", "message": message}
-    sys.exit(2)
+    sys.exit(status)
 
 
-def _quoted(value: object) -> str:
-    """A value for a Hydra override, taken literally: run names hold '=' and ','."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _bug(run_dir: Path, e: Exception) -> str:
+    where = run_dir / "traceback.txt"
+    try:
+        where.write_text(traceback.format_exc())
+    except OSError:
+        where = None
+    return f"{type(e).__name__}: {e}" + (f" (traceback in {where})" if where else "")
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def continue_argv(argv: list[str]) -> list[str]:
+def continue_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], bool]:
     """``continue=RUN_DIR [overrides]``: the run's own overrides, then the new ones, in the
-    run's own directory, so e.g. ``budget=long50k`` extends a finished screen run in place."""
-    given = [a for a in argv if a.startswith("continue=")]
+    run's own directory, so e.g. ``budget=long50k`` extends a finished screen run in place.
+    Returns the overrides to run and whether they continue a run."""
+    given = [o for o in overrides if o.startswith("continue=")]
     if not given:
-        return argv
+        return overrides, False
     run = Path(given[0].split("=", 1)[1]).expanduser().resolve()
     saved = run / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise NGTError(f"continue={run}: not a run directory (no .hydra/overrides.yaml)")
-    flags = [a for a in argv if a.startswith("-")]
-    new = [a for a in argv if not a.startswith("-") and a not in given]
-    kept = [o for o in OmegaConf.load(saved) if _key(o) not in {_key(n) for n in new}]
-    if {"-m", "--multirun"} & set(flags):
-        where = [f"hydra.sweep.dir={_quoted(run.parent)}", f"hydra.sweep.subdir={_quoted(run.name)}"]
+    new = [o for o in overrides if o not in given]
+    # force=true trained the run again once; carried on, it would wipe what continue= extends.
+    replaced = {override_key(n) for n in new} | {"force"}
+    kept = [o for o in _saved_overrides(saved) if override_key(o) not in replaced]
+    if multirun:
+        where = [f"hydra.sweep.dir={quoted(run.parent)}", f"hydra.sweep.subdir={quoted(run.name)}"]
     else:
-        where = [f"hydra.run.dir={_quoted(run)}"]
-    return [*flags, *kept, *new, *where]
+        where = [f"hydra.run.dir={quoted(run)}"]
+    return [*kept, *new, *where], True
 
 
-def sweep_dir_argv(argv: list[str]) -> list[str]:
-    """With ``-m``, pin where the grid goes from the command line as typed: the sweep dir
-    named by every override, each run's subdir by the swept ones only.
+def _saved_overrides(saved: Path) -> list[str]:
+    try:
+        loaded = OmegaConf.load(saved)
+    except Exception as e:  # YAML's and OmegaConf's parse errors
+        raise NGTError(f"{saved} is damaged ({str(e).splitlines()[0][:120]})") from None
+    if not OmegaConf.is_list(loaded) or not all(isinstance(o, str) for o in loaded):
+        raise NGTError(f"{saved} is damaged (not a list of overrides)")
+    return list(loaded)
 
-    Hydra resolves both again inside every job, where the task overrides are that job's
-    own (``variant=baseline`` rather than the grid), so the sweep dir must be a plain value
-    fixed here once; it then travels with each job, to submitit's processes too."""
-    if not {"-m", "--multirun"} & set(argv):
-        return argv
-    given = {_key(a) for a in argv if not a.startswith("-")}
-    overrides = [a for a in argv if not a.startswith("-")]
-    added = []
-    if "hydra.sweep.dir" not in given:
-        added.append(f"hydra.sweep.dir={_quoted('outputs/sweeps/' + sweep_name(overrides))}")
-    if "hydra.sweep.subdir" not in given:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
-        fixed = sorted({o.key_or_group.replace("/", "_") for o in parsed if not o.is_sweep_override()} - {"sweep"})
-        if fixed:
-            added.append("hydra.sweep.subdir='${ngt.dirname:${hydra.overrides.task},sweep," + ",".join(fixed) + "}'")
-    return [*argv, *added]
+
+def command_line(argv: list[str]) -> tuple[list[str], list[str], argparse.Namespace]:
+    """Hydra's flags and the overrides, told apart by Hydra's own argument parser (a flag's
+    value, as in ``--cfg job``, is not an override)."""
+    args = get_args_parser().parse_intermixed_args(argv)
+    pending, flags = list(args.overrides), []
+    for a in argv:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            flags.append(a)
+    return flags, list(args.overrides), args
+
+
+def _runs_jobs(args: argparse.Namespace) -> bool:
+    """Whether the command trains, rather than printing help, a config or information."""
+    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+
+
+def _without_multirun(flags: list[str], overrides: list[str]) -> list[str]:
+    """Hydra shows one config at a time: ``-m`` with ``--cfg`` or ``--info`` shows the grid's
+    shared config, or says which swept keys to fix."""
+    swept = [o for o in overrides if not o.startswith("hydra") and is_swept(o)]
+    if swept:
+        raise NGTError(f"--cfg and --info show one job's config: give one value to {', '.join(swept)} "
+                       "(or drop them) to see it")
+    return [f for f in flags if f not in ("-m", "--multirun")]
 
 
 def cli() -> None:
@@ -110,7 +166,17 @@ def cli() -> None:
     # letting them through to here lets us name the problem in one line instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     with exit_on_user_error():
-        sys.argv[1:] = sweep_dir_argv(continue_argv(sys.argv[1:]))
+        flags, overrides, args = command_line(sys.argv[1:])
+        if args.multirun and not _runs_jobs(args):
+            flags = _without_multirun(flags, overrides)
+            args.multirun = False
+        overrides, continuing = continue_overrides(overrides, args.multirun)
+        if args.multirun:
+            overrides = sweep_dir_overrides(overrides)
+        if _runs_jobs(args):
+            jobs = preflight(overrides, args.multirun, continuing, args.config_name or "config")
+            os.environ[GRID_SIZE] = str(len(jobs))  # inherited by launched jobs, for "run k of n"
+        sys.argv[1:] = [*flags, *overrides]  # flags first: Hydra's parser wants them before the overrides
         main()
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,26 @@ def screen(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> 
     if check and proc.returncode != 0:
         raise AssertionError(f"ngt.screen failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a command that failed as a user's mistake or a run's
+    failure should: no traceback, one line."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    lines = [ln for ln in out.splitlines() if "error:" in ln]
+    assert len(lines) == 1, out[-3000:]
+    return lines[0]
+
+
+def wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a running run has written ``n`` evaluations."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended first (exit {proc.returncode})")
+        time.sleep(0.05)
+    raise AssertionError(f"{metrics} never reached {n} rows")

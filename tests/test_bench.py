@@ -54,7 +54,7 @@ def test_context_sweep_doubles_the_context_up_to_the_limit(tmp_path):
 @pytest.mark.parametrize("args, named", [(["variant=nope"], "variant/nope"),
                                          (["model.dropout=abc"], "model.dropout=abc"),
                                          (["train.nope=1"], "train.nope"),
-                                         (["train.compile=true", "train.compile_mode=fast"], "train.compile_mode='fast'")])
+                                         (["train.compile=true", "train.compile_mode=fast"], "train.compile_mode=fast")])
 def test_bad_settings_are_one_line_errors(tmp_path, args, named):
     done = subprocess.run([sys.executable, "-m", "ngt.bench", "--model", "tiny", "--out", str(tmp_path / "b.json"),
                            *args], capture_output=True, text=True, timeout=120)

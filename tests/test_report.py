@@ -78,9 +78,9 @@ def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     config["variant"].update(name="no_repulsion", repulsion_interval=0)
     (started / ".hydra" / "overrides.yaml").write_text(overrides)
     (started / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    # lr=1e30 diverges (a NaN loss after step 0); block 1000 is beyond the context (fails before training).
-    failing = _python("-m", "ngt.screen", "-m", "variant=no_repulsion", "train.lr=1e30", "train.block_size=32,1000",
-                      *common, cwd=root)
+    # lr=1e30 diverges (a NaN loss after step 0); batch 4096 is more than the data holds (fails before training).
+    failing = _python("-m", "ngt.screen", "-m", "variant=no_repulsion", "train.lr=1e30", *common, "train.block_size=32",
+                      "train.batch_size=4,4096", cwd=root)
     # The CLI on the same runs, into another directory, after the callback's report.
     cli = _python("-m", "ngt.report", str(sweep), "--out", str(root / "cli"), cwd=root)
     _BUILT.update(root=root, corpus=corpus, sweep=sweep, grid=grid, failing=failing, cli=cli, partial=partial, started=started)
@@ -139,14 +139,14 @@ def test_every_run_directory_is_a_row_with_its_status(built, results):
     assert sorted(statuses.values()).count("completed") == 6 and list(statuses.values()).count("failed") == 2
     for name, rec in records.items():
         if rec["summary"]:
-            assert statuses[name] == rec["summary"]["status"]
-    diverged = [n for n, r in records.items() if r["summary"] and "nan" in (r["summary"]["message"] or "")]
+            assert statuses[name] == rec["summary"].status
+    diverged = [n for n, r in records.items() if r["summary"] and "nan" in (r["summary"].message or "")]
     assert len(diverged) == 1 and "loss is nan" in results.at[diverged[0], "message"]
 
 
 def test_results_csv_numbers_come_from_metrics(results, built):
     for name, rec in runs_by_dir(built["sweep"]).items():
-        row, rows, s = results.loc[name], rec["metrics"], rec["summary"] or {}
+        row, rows, s = results.loc[name], rec["metrics"], rec["summary"].to_dict() if rec["summary"] else {}
         if not rows:
             assert pd.isna(row["val_loss_final"]) and pd.isna(row["last_eval_step"])
             continue
@@ -289,7 +289,7 @@ def test_summary_idle_parameters_and_commands(built, results):
     cmds = section(md, "## 7. Reproduce")
     # The sweep last launched into the directory, as typed: without what ngt.screen adds to it.
     (sweep_cmd,) = [line for line in cmds.splitlines() if line.startswith("python -m ngt.screen -m ")]
-    typed = ["variant=no_repulsion", "train.lr=1e30", "train.block_size=32,1000", *TINY,
+    typed = ["variant=no_repulsion", "train.lr=1e30", "train.block_size=32", "train.batch_size=4,4096", *TINY,
              f"data.path={built['corpus']}", f"hydra.sweep.dir={built['sweep']}"]
     assert sorted(shlex.split(sweep_cmd)[4:]) == sorted(typed)
     for run, r in results.iterrows():
@@ -359,7 +359,7 @@ def test_cli_errors(tmp_path):
 def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
     sweep = tmp_path / "sweep"
     (sweep / "results.csv").mkdir(parents=True)  # a real failure of the report: its table cannot be written
-    proc = _python("-m", "ngt.screen", "-m", "variant=baseline", "train.block_size=1000", *TINY,
+    proc = _python("-m", "ngt.screen", "-m", "variant=baseline", *TINY, "train.block_size=32", "train.batch_size=4096",
                    f"data.path={small_corpus}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
@@ -368,11 +368,11 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
     assert "Traceback" not in log
     assert "Traceback" in (sweep / "report-traceback.txt").read_text()
     (run,) = sweep.glob("*/summary.json")  # the run itself is recorded as usual
-    assert RunDir(run.parent).read_summary()["status"] == "failed"
+    assert RunDir(run.parent).read_summary().status == "failed"
 
     # Once fixed, the report of a sweep in which nothing was evaluated says so.
     (sweep / "results.csv").rmdir()
     again = _python("-m", "ngt.report", str(sweep), cwd=tmp_path)
     assert again.returncode == 0 and "1 run (1 failed)" in again.stdout, again.stderr[-3000:]
     summary = (sweep / "Summary.md").read_text()
-    assert "No step was evaluated by every compared run" in summary and "beyond the model's context" in summary
+    assert "No step was evaluated by every compared run" in summary and "fewer than one batch needs" in summary

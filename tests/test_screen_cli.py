@@ -5,27 +5,24 @@ import json
 from pathlib import Path
 
 from conftest import TINY, screen
-from ngt.screen import continue_argv, sweep_dir_argv
+from ngt.naming import sweep_dir_overrides
+from ngt.screen import continue_overrides
 
 
-def added(argv: list[str]) -> dict[str, str]:
-    return dict(a.split("=", 1) for a in sweep_dir_argv(argv)[len(argv):])
-
-
-def test_single_runs_are_left_alone():
-    assert sweep_dir_argv(["variant=baseline", "seed=3"]) == ["variant=baseline", "seed=3"]
+def added(overrides: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in sweep_dir_overrides(overrides)[len(overrides):])
 
 
 def test_sweep_dir_named_by_the_command_and_subdirs_by_the_swept_keys():
-    extra = added(["-m", "sweep=smoke", "seed=1,2", "budget.max_steps=7", "hydra/launcher=submitit_local"])
+    extra = added(["sweep=smoke", "seed=1,2", "budget.max_steps=7", "hydra/launcher=submitit_local"])
     assert extra["hydra.sweep.dir"] == "'outputs/sweeps/smoke+budget.max_steps=7,seed=1,2'"
     # Only the fixed keys are dropped from each run's name: what varies names the run.
     assert extra["hydra.sweep.subdir"] == "'${ngt.dirname:${hydra.overrides.task},sweep,budget.max_steps}'"
 
 
 def test_explicit_dirs_win():
-    argv = ["-m", "hydra.sweep.dir=/x", "hydra.sweep.subdir=y", "seed=1"]
-    assert sweep_dir_argv(argv) == argv
+    overrides = ["hydra.sweep.dir=/x", "hydra.sweep.subdir=y", "seed=1"]
+    assert sweep_dir_overrides(overrides) == overrides
 
 
 def test_named_grid_runs_share_one_sweep_dir(tmp_path, small_corpus):
@@ -44,7 +41,8 @@ def test_continue_extends_a_finished_run_in_place(tmp_path, small_corpus):
     screen(*args, cwd=tmp_path, check=True)
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     first = json.loads((run / "summary.json").read_text())
-    assert continue_argv([f"continue={run}", "budget.max_steps=9"])[-1] == f"hydra.run.dir='{run.resolve()}'"
+    overrides, continuing = continue_overrides([f"continue={run}", "budget.max_steps=9"], multirun=False)
+    assert continuing and overrides[-1] == f"hydra.run.dir='{run.resolve()}'"
 
     screen(f"continue={run}", "budget.max_steps=9", cwd=tmp_path, check=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

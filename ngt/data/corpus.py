@@ -66,8 +66,6 @@ class SingleTextCorpus:
     digests: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise NGTError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
         self.digests = []
         for path in self.files:
             try:

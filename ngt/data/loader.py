@@ -23,9 +23,7 @@ from ngt.data.sources import open_corpus
 from ngt.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, token_dtype, tokenizer_from_json
 from ngt.errors import NGTError
 
-TOKENIZERS = ("char", "bpe")
 SPLITS = ("train", "val", "test")
-MIN_BPE_VOCAB = 258  # the 256 bytes, <unk>, and room for at least one merge
 
 
 @dataclass
@@ -38,22 +36,12 @@ class TokenData:
 
 
 def load_token_data(cfg: DataConfig, progress: bool = True) -> TokenData:
-    _validate(cfg)
     root = cache_root(cfg.cache_dir)
     corpus = open_corpus(cfg, root)
     tokenizer = _load_tokenizer(cfg, corpus, root, progress)
     fp = fingerprint(corpus.identity, cfg.name, tokenizer.to_json())
     arrays = _load_tokens(cfg, corpus, tokenizer, fp, root, progress)
     return TokenData(arrays["train"], arrays["val"], tokenizer, fp, arrays.get("test"))
-
-
-def _validate(cfg: DataConfig) -> None:
-    if cfg.tokenizer not in TOKENIZERS:
-        raise NGTError(f"unknown data.tokenizer '{cfg.tokenizer}' (choose from {', '.join(TOKENIZERS)})")
-    if cfg.tokenizer == "bpe" and not MIN_BPE_VOCAB <= cfg.vocab_size < 2**32:
-        raise NGTError(
-            f"data.vocab_size must be at least {MIN_BPE_VOCAB} for the byte-level BPE tokenizer, got {cfg.vocab_size}"
-        )
 
 
 def _file_stem(name: str) -> str:

@@ -11,7 +11,6 @@ from ngt.data.download import fetch
 from ngt.data.hub import HubCorpus
 from ngt.errors import NGTError
 
-SOURCES = ("bundled", "text", "url", "hf")
 BUNDLED = "shakespeare_corpus.txt"
 
 
@@ -35,8 +34,6 @@ def open_corpus(cfg: DataConfig, cache: Path) -> Corpus:
         if not path.is_file():
             raise NGTError(f"the bundled corpus is missing from the installed package: {path} (reinstall ngt)")
         return SingleTextCorpus(cfg.name, [path], cfg.val_fraction)
-    if cfg.source not in SOURCES:
-        raise NGTError(f"unknown data.source '{cfg.source}' (choose from {', '.join(SOURCES)})")
     if not cfg.path:
         needs = {
             "text": "a .txt file or a folder of .txt files",

@@ -24,6 +24,18 @@ log = logging.getLogger("ngt.report")
 TRACEBACK = "report-traceback.txt"
 
 
+def _print_comparison(report) -> None:
+    """The fixed-step comparison, on the console where the grid ran."""
+    at = report.analysis.at
+    if at.step is None or at.table.empty:
+        return
+    log.info("validation loss at step %d (Δ to the baseline of the same group):", at.step)
+    width = max(len(n) for n in at.table["name"])
+    for _, r in at.table.iterrows():
+        delta = f"{r['delta']:+.4f}" if r["delta"] == r["delta"] else "n/a"  # NaN: no baseline in its group
+        log.info("  %s  %.4f  %s", r["name"].ljust(width), r["val_loss"], delta)
+
+
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from ngt.report import write_report
@@ -39,6 +51,7 @@ class ReportCallback(Callback):
             log.error("the report could not be written: %s; once fixed: python -m ngt.report %s", why, sweep_dir)
             sys.exit(1)
         runs = report.runs
+        _print_comparison(report)
         log.info("report: %s (Summary.md, report.md, results.csv beside it)", report.pages.index)
         unfinished = runs[~runs["status"].isin(["completed", "failed"])]
         for _, r in unfinished.iterrows():

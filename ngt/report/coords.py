@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ngt.checkpoint import load_checkpoint
-from ngt.config import DataConfig
-from ngt.data import BPETokenizer, Tokenizer, load_token_data, tokenizer_from_json
+from ngt.config import DataConfig, plain
+from ngt.data import BPETokenizer, Tokenizer, load_token_data
 from ngt.errors import NGTError
-from ngt.model import model_from_checkpoint
+from ngt.trained import load_trained
 
 
 @dataclass(frozen=True)
@@ -62,27 +61,25 @@ class ValidationSamples:
     def __init__(self) -> None:
         self._cache: dict[str, object] = {}
 
-    def get(self, cfg: dict):
-        key = json.dumps(cfg, sort_keys=True)
+    def get(self, cfg: DataConfig):
+        key = json.dumps(plain(cfg), sort_keys=True)
         if key not in self._cache:
-            self._cache[key] = load_token_data(DataConfig(**cfg), progress=False)
+            self._cache[key] = load_token_data(cfg, progress=False)
         return self._cache[key]
 
 
 @torch.no_grad()
 def run_coords(checkpoint: Path, samples: ValidationSamples) -> Coords:
-    state = load_checkpoint(checkpoint)
-    cfg = state["config"]
-    model, model_cfg, _ = model_from_checkpoint(state, checkpoint, torch.device("cpu"))
-    tok = tokenizer_from_json(state["tokenizer"])
-    data = samples.get(cfg["data"])
-    if data.tokenizer.to_json() != state["tokenizer"]:
-        raise NGTError(f"data={cfg['data']['name']} now tokenizes differently from the checkpoint's tokenizer")
-    n = min(cfg["train"]["block_size"], model_cfg.context, len(data.val))
+    t = load_trained(checkpoint, torch.device("cpu"))
+    tok, cfg = t.tokenizer, t.config
+    data = samples.get(cfg.data)
+    if data.tokenizer.to_json() != t.checkpoint.tokenizer:
+        raise NGTError(f"data={cfg.data.name} now tokenizes differently from the checkpoint's tokenizer")
+    n = min(cfg.train.block_size, cfg.model.context, len(data.val))
     ids = torch.from_numpy(np.asarray(data.val[:n], dtype=np.int64))[None]
-    _, (z, m) = model(ids, want_coords=True)
+    _, (z, m) = t.model(ids, want_coords=True)
     pcs, explained = pca3(z[0])
     return Coords(
-        step=int(state["step"]), pcs=pcs, explained=explained, mass=m[0].double().numpy(),
+        step=int(t.checkpoint.step), pcs=pcs, explained=explained, mass=m[0].double().numpy(),
         labels=[token_hover(tok, i) for i in ids[0].tolist()], text=tok.decode(ids[0].tolist()),
     )

@@ -1,4 +1,4 @@
-"""Learned parameters that trained for nothing (SPEC: 'Two learned parameters do nothing').
+"""Learned parameters that trained for nothing (docs/model.md#idle-parameters).
 
 The config says when it must happen; the logged diagnostics show that it did:
 

@@ -12,15 +12,19 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pandas as pd
 import yaml
 
 from ngt.errors import NGTError
+from ngt.records import RunSummary
 from ngt.rundir import METRICS, SUMMARY, RunDir
-from ngt.screen import sweep_dir_argv
+from ngt.naming import sweep_dir_overrides
 
+# What the trainer measured, copied from summary.json into each run's row.
+MEASURED = ("params", "val_loss_full", "tokens_per_step", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl",
+            "compiled")
 # Overrides that pick what a run is (its label) and which replicate it is (its seed);
 # every other override puts the run in a group, and runs are compared within a group.
 LABEL_KEYS = ("variant",)
@@ -58,11 +62,28 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def _yaml(path: Path) -> Any:
+def _yaml(path: Path, kind: type = object) -> Any:
+    """The file's YAML if it holds a ``kind``; None if it is absent. Raises NGTError where
+    it is damaged."""
     try:
-        return yaml.safe_load(path.read_text())
-    except (FileNotFoundError, yaml.YAMLError):
+        value = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise NGTError(f"{path} is damaged ({str(e).splitlines()[0][:80]})") from None
+    if value is not None and not isinstance(value, kind):
+        raise NGTError(f"{path} is damaged (not a {kind.__name__})")
+    return value
+
+
+def _hydra_record(path: Path) -> tuple[dict, list[str], Optional[str]]:
+    """Hydra's record of a run: its config, its overrides, and what is damaged in them."""
+    try:
+        config = _yaml(path / ".hydra" / "config.yaml", dict) or {}
+        overrides = [str(o) for o in _yaml(path / ".hydra" / "overrides.yaml", list) or []]
+        return config, overrides, None
+    except NGTError as e:
+        return {}, [], str(e)
 
 
 def _override_items(overrides: list[str]) -> dict[str, str]:
@@ -80,45 +101,52 @@ def _updated(path: Path) -> str:
     return datetime.fromtimestamp(max(times), timezone.utc).isoformat(timespec="seconds") if times else ""
 
 
-def _status(summary: dict | None, metrics: list[dict]) -> str:
-    if summary and summary.get("status"):
-        return summary["status"]
+def _status(summary: RunSummary | None, metrics: list[dict]) -> str:
+    if summary is not None:
+        return str(summary.status)
     # The trainer writes summary.json before its first evaluation, so no summary means the
     # run died (or is) between Hydra creating its directory and the trainer starting.
     return "running" if metrics else "started"
 
 
+def _read_summary(rd: RunDir) -> tuple[RunSummary | None, str | None]:
+    """The run's summary, or None and why it could not be read."""
+    try:
+        return rd.read_summary(), None
+    except NGTError as e:
+        return None, str(e)
+
+
+def _read_metrics(rd: RunDir) -> tuple[list[dict], Optional[str]]:
+    try:
+        return rd.read_metrics(), None
+    except NGTError as e:
+        return [], str(e)
+
+
 def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
     rd = RunDir(path)
-    summary = rd.read_summary()
-    metrics = rd.read_metrics()
-    config = _yaml(path / ".hydra" / "config.yaml") or {}
-    overrides = [str(o) for o in _yaml(path / ".hydra" / "overrides.yaml") or []]
+    summary, damaged = _read_summary(rd)
+    metrics, bad_metrics = _read_metrics(rd)
+    hydra_config, overrides, bad_record = _hydra_record(path)
     items = _override_items(overrides)
-    s = summary or {}
-    seeds = s.get("seeds") or {}
+    # The config the run recorded itself, else Hydra's (a run that never reached the trainer).
+    config = (summary.config if summary else None) or hydra_config
+    damaged = damaged or bad_metrics
     variant_cfg, model_cfg, train_cfg = config.get("variant", {}), config.get("model", {}), config.get("train", {})
     steps = [r["step"] for r in metrics]
     row = {
         "run": os.path.relpath(path, root),
-        "variant": s.get("variant") or variant_cfg.get("name") or items.get("variant", "?"),
-        "arch": s.get("arch") or variant_cfg.get("arch"),
-        "seed": seeds.get("seed", config.get("seed")),
-        "data_seed": seeds.get("data_seed", config.get("data_seed")),
-        "eval_seed": seeds.get("eval_seed", config.get("eval_seed")),
-        "status": _status(summary, metrics),
-        "message": s.get("message"),
+        "variant": summary.variant if summary else variant_cfg.get("name") or items.get("variant", "?"),
+        "arch": summary.arch if summary else variant_cfg.get("arch"),
+        **{k: summary.seeds.get(k) if summary else config.get(k) for k in ("seed", "data_seed", "eval_seed")},
+        "status": "unreadable" if damaged else _status(summary, metrics),
+        "message": "; ".join(m for m in (damaged, bad_record, summary.message if summary else None) if m) or None,
         # The summary's step is written when the run ends; a live or killed run has only its metrics.
-        "final_step": max([s.get("final_step") or 0, *steps]),
-        "max_steps": s.get("max_steps", config.get("budget", {}).get("max_steps")),
-        "params": s.get("params"),
-        "val_loss_full": s.get("val_loss_full"),
-        "tokens_per_step": s.get("tokens_per_step"),
-        "peak_memory_mb": s.get("peak_memory_mb"),
-        "peak_memory_kind": s.get("peak_memory_kind"),
-        "device": s.get("device"),
-        "attn_impl": s.get("attn_impl"),
-        "compiled": s.get("compiled"),  # throughput is comparable only between runs alike here
+        "final_step": max([summary.final_step if summary else 0, *steps]),
+        "max_steps": summary.max_steps if summary else config.get("budget", {}).get("max_steps"),
+        # throughput is comparable only between runs alike in device, backend and compilation
+        **{k: getattr(summary, k, None) for k in MEASURED},
         "mass": variant_cfg.get("mass"),
         "radius": variant_cfg.get("radius"),
         "n_layers": model_cfg.get("n_layers"),
@@ -134,12 +162,15 @@ def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[s
 def _sweep_command(sweep_dir: Path) -> str | None:
     """The command that last launched a sweep into ``sweep_dir``, from the multirun.yaml Hydra
     writes there (each launch replaces it), as typed: without what ``ngt.screen`` adds itself."""
-    saved = _yaml(sweep_dir / "multirun.yaml") or {}
+    try:
+        saved = _yaml(sweep_dir / "multirun.yaml", dict) or {}
+    except NGTError:
+        return None
     overrides = saved.get("hydra", {}).get("overrides", {})
     task, hydra = overrides.get("task"), overrides.get("hydra") or []
     if task is None:
         return None
-    implied = {"hydra.mode=MULTIRUN", *sweep_dir_argv(["-m", *task])[len(task) + 1:]}
+    implied = {"hydra.mode=MULTIRUN", *sweep_dir_overrides(task)[len(task):]}
     args = [*task, *(h for h in hydra if h not in implied)]
     return "python -m ngt.screen -m " + " ".join(shlex.quote(a) for a in args)
 

@@ -1,4 +1,4 @@
-"""report.md: the ranked table and SPEC's pairwise ablation questions."""
+"""report.md: the ranked table and the pairwise ablation questions of the original's screen (docs/original.md#artifacts)."""
 
 from __future__ import annotations
 

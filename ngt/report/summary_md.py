@@ -1,4 +1,4 @@
-"""Summary.md: what the original's users wrote by hand after a screen (SPEC, 'Artifacts')."""
+"""Summary.md: what the original's users wrote by hand after a screen (docs/original.md#artifacts)."""
 
 from __future__ import annotations
 

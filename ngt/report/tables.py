@@ -8,7 +8,7 @@ baseline that trained longer, on other data or at another size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 
 from ngt.report.load import Sweep
 from ngt.report.stats import Difference, welch
-from ngt.train import throughput
+from ngt.records import throughput
 
 BASELINE = "baseline"
 
@@ -33,10 +33,10 @@ def _val(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rate(m: pd.DataFrame, window: list[int], tokens_per_step) -> dict:
-    rows = m[["step", "elapsed_s"]].to_dict("records") if len(m) else []
-    if not rows:
+    if not len(m):
         return {"window": None, "steps_per_s": None, "tokens_per_s": None}
-    return throughput(rows, window, int(tokens_per_step) if pd.notna(tokens_per_step) else 0)
+    elapsed = dict(zip(m["step"].astype(int), m["elapsed_s"]))
+    return asdict(throughput(elapsed, window, int(tokens_per_step) if pd.notna(tokens_per_step) else 0))
 
 
 def results(sweep: Sweep, window: Optional[list[int]] = None) -> pd.DataFrame:
@@ -168,7 +168,7 @@ def seed_table(at: AtStep) -> list[SeedRow]:
     return out
 
 
-# SPEC's pairwise questions: (reference, other, what the difference answers).
+# The original's pairwise questions (docs/original.md#artifacts): (reference, other, what the difference answers).
 ABLATIONS = [
     (BASELINE, "ngt_default", "Does gravity attention (NGT) beat standard attention at matched parameters?"),
     ("ngt_default", "bare", "Do repulsion and the radius cutoff, together, help NGT?"),

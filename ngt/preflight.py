@@ -1,0 +1,110 @@
+"""Every job of a command, composed and checked before Hydra creates a directory or
+submits a job.
+
+A value out of range, a choice that does not exist, or a command that does not fit the
+run directory it would train in (a finished run with another config, ``continue=`` to a
+shorter budget) fails here with one line, so a Slurm grid with a typo in its fifth job
+submits nothing, and a refused command leaves every file of every run as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from ngt.config import CONF, NEUTRAL_KEYS, Config, differences, plain
+from ngt.errors import NGTError
+from ngt.records import Status
+from ngt.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Job:
+    overrides: list[str]
+    config: Config
+    run_dir: Optional[Path]  # None where the directory depends on what only Hydra's launch knows
+
+
+def job_overrides(base: DictConfig, overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Each job's overrides, as Hydra's grid sweeper expands the sweeper's params and the
+    command line (the command line wins for a key in both)."""
+    if not multirun:
+        return [overrides]
+    params = OmegaConf.to_container(base.hydra.sweeper.get("params") or {}, resolve=True)
+    given = [f"{k}={v}" for k, v in params.items()] + [o for o in overrides if not o.startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(given)
+    (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for job in jobs]
+
+
+def _run_dir(cfg: DictConfig, multirun: bool) -> Optional[Path]:
+    try:
+        if multirun:
+            return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        return Path(cfg.hydra.run.dir)
+    except OmegaConfBaseException:  # e.g. a subdir named by ${hydra.job.num}
+        return None
+
+
+def _as_config(node: DictConfig) -> Config:
+    """The job's config as ``ngt.screen`` will get it: Hydra's own settings removed, then
+    made into the typed objects (which checks every range)."""
+    with open_dict(node):
+        del node["hydra"]
+    return OmegaConf.to_object(node)
+
+
+def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> list[Job]:
+    """Every job the command would run, with its validated config and its run directory.
+    Hydra's launch settings (``hydra.*``) apply to every job, as on the command line."""
+    launch = [o for o in overrides if o.startswith("hydra")]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        base = compose(config_name, overrides=[o for o in overrides if not is_swept(o)], return_hydra_config=True)
+        jobs = []
+        for job in job_overrides(base, overrides, multirun):
+            node = compose(config_name, overrides=[*job, *launch], return_hydra_config=True)
+            run_dir = _run_dir(node, multirun)
+            jobs.append(Job(job, _as_config(node), run_dir))
+    return jobs
+
+
+def is_swept(override: str) -> bool:
+    """Whether an override sweeps values (``seed=1,2``), as only a grid (``-m``) can."""
+    return not override.startswith("hydra") and OverridesParser.create().parse_override(override).is_sweep_override()
+
+
+def check_run_dir(job: Job, continuing: bool) -> None:
+    """Refuse a job whose run directory holds a run of another config (the neutral keys
+    aside; with ``continue=`` also the budget, which may grow but not shrink), or damaged
+    records."""
+    if job.run_dir is None or job.config.force:
+        return
+    rd = RunDir(job.run_dir)
+    rd.read_metrics()  # a garbled row is a one-line NGTError, before anything is written there
+    summary = rd.read_summary()  # so is a damaged summary
+    if summary is None or summary.config is None:
+        return  # nothing trained there yet, or a run from before summaries held their config
+    allowed = (*NEUTRAL_KEYS, "budget") if continuing else NEUTRAL_KEYS
+    changed = differences(summary.config, plain(job.config), allowed)
+    if changed:
+        what = "a finished run" if summary.status == Status.completed else "a run"
+        raise NGTError(f"{job.run_dir} holds {what} of another config ({'; '.join(changed[:3])}); "
+                       "use another output directory (hydra.run.dir=...) or the run's own command")
+    if continuing and job.config.budget.max_steps < summary.final_step:
+        raise NGTError(f"budget.max_steps={job.config.budget.max_steps} is below step {summary.final_step}, "
+                       f"where {job.run_dir} stands")
+
+
+def preflight(overrides: list[str], multirun: bool, continuing: bool = False,
+              config_name: str = "config") -> list[Job]:
+    jobs = plan(overrides, multirun, config_name)
+    for job in jobs:
+        check_run_dir(job, continuing)
+    return jobs

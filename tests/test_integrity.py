@@ -1,0 +1,206 @@
+"""Nothing lost, nothing misreported: concurrent launches, refused commands, damaged files,
+full and read-only disks, bad settings. Every case through the real command line."""
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, numbers, one_error_line, screen, wait_for_rows
+
+ARGS = [*TINY, "data=text", "budget.max_steps=10", "budget.eval_every=5", "budget.checkpoint_every=5"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, small_corpus) -> tuple[list[str], Path]:
+    """A completed 10-step run; tests copy it before they change anything."""
+    root = tmp_path_factory.mktemp("finished")
+    args = [*ARGS, f"data.path={small_corpus}"]
+    screen(*args, f"hydra.run.dir={root / 'run'}", cwd=root, check=True)
+    return args, root / "run"
+
+
+def copy_run(finished, tmp_path: Path) -> tuple[list[str], Path]:
+    args, run = finished
+    shutil.copytree(run, tmp_path / "run")
+    return args, tmp_path / "run"
+
+
+def fingerprint(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_grid_launched_twice_at_once_trains_every_run_once(tmp_path, small_corpus):
+    grid = ["-m", *ARGS, f"data.path={small_corpus}", "variant=baseline,ngt_default,bare",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "train.threads=1"]
+    cmd = [sys.executable, "-m", "ngt.screen", *grid]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for run in sorted((tmp_path / "sweep").glob("variant=*")):
+        steps = [r["step"] for r in numbers(run)]
+        assert steps == [0, 5, 10], (run, steps)  # each evaluation once: one process trained it
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert "is being trained by pid" in "".join(outputs) or "(skipped)" in "".join(outputs)
+    results = (tmp_path / "sweep" / "results.csv").read_text()
+    assert results.count(",completed,") == 3
+
+
+def test_a_refused_continue_leaves_every_file_as_it_was(finished, tmp_path):
+    args, run = copy_run(finished, tmp_path)
+    before = fingerprint(run)
+    proc = screen(f"continue={run}", "model.d_model=64", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "model.d_model: 32 -> 64" in one_error_line(proc)
+    assert fingerprint(run) == before
+    screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path, check=True)  # the right command still works
+    assert [r["step"] for r in numbers(run)] == [0, 5, 10, 15]
+
+
+def test_another_config_into_a_finished_run_is_refused_not_skipped(finished, tmp_path):
+    args, run = copy_run(finished, tmp_path)
+    before = fingerprint(run)
+    proc = screen(*args, "variant=bare", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds a finished run of another config" in one_error_line(proc)
+    assert fingerprint(run) == before
+    same = screen(*args, "train.device=cpu", f"hydra.run.dir={run}", cwd=tmp_path, check=True)
+    assert "(skipped)" in same.stdout + same.stderr  # a neutral key: the same run
+
+
+def test_a_torn_last_metrics_row_is_made_again_and_a_garbled_one_stops(finished, tmp_path):
+    args, run = copy_run(finished, tmp_path)
+    metrics = run / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows[:-1]) + "\n" + rows[-1][:25])  # a kill mid-append of step 10's row
+    screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path, check=True)
+    again = metrics.read_text().splitlines()
+    assert again[:3] == rows  # step 10's row, evaluated again from the checkpoint at step 10, is the same
+    assert [json.loads(r)["step"] for r in again] == [0, 5, 10, 15]
+
+    garbled = again[:1] + ["{not json"] + again[2:]
+    metrics.write_text("\n".join(garbled) + "\n")
+    before = fingerprint(run)
+    proc = screen(f"continue={run}", "budget.max_steps=20", cwd=tmp_path)
+    line = one_error_line(proc)
+    assert proc.returncode == 2 and f"{metrics}, line 2" in line
+    assert fingerprint(run) == before
+
+
+def test_flipped_checkpoint_bytes_are_caught_and_leftovers_removed(finished, tmp_path):
+    args, run = copy_run(finished, tmp_path)
+    last = run / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    state = torch.load(last, weights_only=True)
+    weights = next(iter(state["model"].values())).numpy().tobytes()
+    at = bytes(data).index(weights[:64]) + 8  # inside the first tensor's bytes: still a finite float
+    data[at] ^= 0x01
+    last.write_bytes(bytes(data))
+    leftover = run / "checkpoints" / ".last.pt.tmp99999"
+    leftover.write_bytes(b"x" * 1000)
+    proc = screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not match its digest" in one_error_line(proc)
+    assert bytes(data) == last.read_bytes() and not leftover.exists()
+
+
+def test_non_finite_training_keeps_a_finite_last_checkpoint_that_samples(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    proc = screen(*ARGS, f"data.path={small_corpus}", f"hydra.run.dir={run}", "train.lr=1e30",
+                  "budget.checkpoint_every=1", cwd=tmp_path)
+    assert proc.returncode == 1 and "last good checkpoint kept" in one_error_line(proc)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    sample = [sys.executable, "-m", "ngt.generate", f"run={run}", "max_new_tokens=5", "device=cpu"]
+    best = subprocess.run(sample, capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0, best.stderr
+    last = subprocess.run([*sample, "checkpoint=last"], capture_output=True, text=True, timeout=120)
+    assert last.returncode != 0 and "not finite" in one_error_line(last)  # finite weights, overflowing outputs
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 kB tmpfs (root only): room for Hydra's records, not for a checkpoint."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_cause(small_disk, small_corpus, tmp_path):
+    run = small_disk / "run"
+    proc = screen(*ARGS, f"data.path={small_corpus}", f"hydra.run.dir={run}", cwd=tmp_path)
+    line = one_error_line(proc)
+    assert proc.returncode == 1 and "No space left on device" in line and str(run) in line
+
+
+def test_a_read_only_folder_is_one_line_naming_the_cause(small_disk, finished, tmp_path):
+    args, run = finished
+    shutil.copytree(run, small_disk / "run", ignore=shutil.ignore_patterns("*.pt", "tb"))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    proc = screen(*args, "budget.max_steps=15", f"hydra.run.dir={small_disk / 'fresh'}", cwd=tmp_path)
+    assert proc.returncode == 1 and "Read-only file system" in one_error_line(proc)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.d_model=0", "model.d_model=0 is out of range: at least 1"),
+    ("model.d_model=30", "model.d_model=30 is out of range: a multiple of model.n_heads=4"),
+    ("model.n_layers=0", "model.n_layers=0"), ("model.mlp_dim=0", "model.mlp_dim=0"),
+    ("model.coord_dim=0", "model.coord_dim=0"), ("model.head_coord_dim=0", "model.head_coord_dim=0"),
+    ("model.dropout=1.5", "model.dropout=1.5 is out of range: 0 <= dropout < 1"),
+    ("train.grad_clip=-1", "train.grad_clip=-1.0 is out of range"), ("train.grad_clip=0", "train.grad_clip=0.0"),
+    ("train.lr=-1", "train.lr=-1.0 is out of range: greater than 0"), ("train.beta2=1.5", "train.beta2=1.5"),
+    ("train.device=tpu", "train.device='tpu' is out of range: auto, cpu, cuda or cuda:N"),
+    ("train.block_size=1000", "at most the model's context"), ("budget.max_steps=0", "budget.max_steps=0"),
+    ("variant.radius=sharp", "Invalid value 'sharp', expected one of [hard, soft, none]"),
+    ("variant.repulsion_interval=-1", "variant.repulsion_interval=-1"),
+])
+def test_bad_settings_fail_before_anything_is_made(tmp_path, override, named):
+    proc = screen(override, cwd=tmp_path)
+    assert proc.returncode == 2 and named in one_error_line(proc)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_bad_value_in_one_job_of_a_grid_runs_no_job(tmp_path):
+    proc = screen("-m", "model.d_model=32,30", "budget=smoke", cwd=tmp_path)
+    assert proc.returncode == 2 and "model.d_model=30" in one_error_line(proc)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_damaged_records_are_listed_by_the_report_which_writes_the_rest(finished, tmp_path):
+    args, run = finished
+    for name in ("good", "bad_summary", "bad_overrides"):
+        shutil.copytree(run, tmp_path / "sweep" / name, ignore=shutil.ignore_patterns("*.pt", "tb"))
+    (tmp_path / "sweep" / "bad_summary" / "summary.json").write_text('{"status": "compl')
+    (tmp_path / "sweep" / "bad_overrides" / ".hydra" / "overrides.yaml").write_text("- [unclosed\n")
+    proc = subprocess.run([sys.executable, "-m", "ngt.report", str(tmp_path / "sweep")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {r.split(",")[0]: r for r in (tmp_path / "sweep" / "results.csv").read_text().splitlines()[1:]}
+    assert ",unreadable," in rows["bad_summary"] and "summary.json is damaged" in rows["bad_summary"]
+    assert ",completed," in rows["good"] and "overrides.yaml is damaged" in rows["bad_overrides"]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ngt.screen", *ARGS, f"data.path={small_corpus}",
+                             "budget.max_steps=100000", f"hydra.run.dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for_rows(run / "metrics.jsonl", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert "Traceback" not in out, out[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
