@@ -154,6 +154,7 @@ class ModelConfig:
     init: Init = setting(Init.gpt2, "gpt2 (N(0, 0.02)) or the original's torch_default (first loss ~200+)")
     radius_init: float = setting(4.0, "raw radius at init; r = softplus(raw)")
     attn_impl: AttnImpl = setting(AttnImpl.auto, "NGT's attention backend; auto: triton on CUDA, else compiled")
+    head_bias: bool = setting(True, "the output layer's own bias beside its tied weight, as the original's")
 
     def __post_init__(self) -> None:
         _as_enums(self, "model")

@@ -32,6 +32,7 @@ def load_trained(path: Path, device: torch.device) -> Trained:
     Always on the reference attention backend: the backend changes speed, not results,
     and a checkpoint's readers run shapes a compiled backend would compile again for."""
     ckpt = load_checkpoint(path)
+    ckpt.config["model"].setdefault("head_bias", False)  # runs from before the setting had no output bias
     try:
         cfg = from_plain(ckpt.config)
     except NGTError as e:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ngt.config import ModelConfig
+from ngt.config import Init, ModelConfig
 from ngt.model.decode import KVCache, LayerCache, cached_sdpa
 from ngt.model.layers import FFN, init_gpt2, tie
 
@@ -53,10 +53,10 @@ class Baseline(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, mlp_dim) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=cfg.head_bias)
         if cfg.init == "gpt2":
             init_gpt2(self, cfg.n_layers, residual=("attn.o", "ffn.3"), keep=("head",))
-        tie(self.head, self.token_emb)
+        tie(self.head, self.token_emb, zero_bias=cfg.init == Init.gpt2)
 
     def forward(self, idx: torch.Tensor, want_coords: bool = False, diagnostics=None, cache: Optional[KVCache] = None):
         L = idx.shape[1]

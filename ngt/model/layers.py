@@ -36,8 +36,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def tie(head: nn.Linear, emb: nn.Embedding) -> None:
+def tie(head: nn.Linear, emb: nn.Embedding, zero_bias: bool) -> None:
+    """The output layer shares the embedding's weight; its bias (the original's, PyTorch's
+    default) is its own, and starts at 0 under the GPT-2 initialisation, so the first loss
+    is that of chance."""
     head.weight = emb.weight
+    if head.bias is not None and zero_bias:
+        nn.init.zeros_(head.bias)
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

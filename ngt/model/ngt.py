@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ngt.config import ModelConfig, VariantConfig
+from ngt.config import Init, ModelConfig, VariantConfig
 from ngt.model.backends import get_backend
 from ngt.model.decode import KVCache, LayerCache, cached_gravity_attention
 from ngt.model.gravity import Gravity, GravitySwitches, reference_attention, squared_distances
@@ -83,12 +83,12 @@ class NGT(nn.Module):
         self.coord_emb = nn.Embedding(cfg.context, cfg.coord_dim)
         self.blocks = nn.ModuleList(NGTBlock(cfg, sw, backend) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=cfg.head_bias)
         if cfg.init == "gpt2":
             # Coordinates keep N(0, 1): every later layer sees LayerNormed z of unit scale,
             # and tiny z0 would put all first-layer distances near 0, where -gamma/d2 explodes.
             init_gpt2(self, cfg.n_layers, residual=("attn.o", "ffn.3"), keep=("coord_emb", "head"))
-        tie(self.head, self.token_emb)
+        tie(self.head, self.token_emb, zero_bias=cfg.init == Init.gpt2)
 
     def forward(self, idx: torch.Tensor, want_coords: bool = False, diagnostics: Optional[list] = None,
                 cache: Optional[KVCache] = None):
