@@ -30,8 +30,8 @@ SWEEPS = PACKAGE / "sweeps"
 # name its directory, a completed run is skipped under other values of them, and an
 # interrupted one resumes under other values of them. (`continue=` may also change the
 # budget: ngt.trainer.resume.)
-NEUTRAL_KEYS = ("hydra", "sweep", "force", "train.device", "train.threads", "train.log_every", "train.compile",
-                "train.compile_mode", "train.deterministic", "model.attn_impl")
+NEUTRAL_KEYS = ("hydra", "sweep", "force", "budget.stop_at", "train.device", "train.threads", "train.log_every",
+                "train.compile", "train.compile_mode", "train.deterministic", "model.attn_impl")
 
 
 def is_neutral(key: str) -> bool:
@@ -199,6 +199,8 @@ class BudgetConfig:
     eval_batches: int = setting(8, "fixed batches per evaluation (of validation and of train)")
     checkpoint_every: int = setting(50, "steps between saves of checkpoints/last.pt")
     throughput_window: list[int] = setting([], "[start, end] steps for steps/s; [] = first evaluation after 0 to the last")
+    stop_at: Optional[int] = setting(None, "pause at this step, on the schedule of max_steps (a rung of successive "
+                                           "halving); launched again with a later one or none, the run goes on")
 
     def __post_init__(self) -> None:
         _at_least(self, "budget", 1, "max_steps", "eval_every", "eval_batches", "checkpoint_every")
@@ -206,6 +208,8 @@ class BudgetConfig:
         w = list(self.throughput_window)
         _check(not w or (len(w) == 2 and 0 <= w[0] < w[1]), "budget.throughput_window", w,
                "[] or [start, end] with 0 <= start < end")
+        if self.stop_at is not None:
+            _check(self.stop_at >= 1, "budget.stop_at", self.stop_at, "at least 1")
 
 
 @dataclass

@@ -25,6 +25,10 @@ from ngt.records import Status
 from ngt.rundir import RunDir
 
 
+# The number of runs a command launches, for each run's "run k of n" line (jobs inherit it).
+GRID_SIZE = "NGT_GRID_SIZE"
+
+
 @dataclass(frozen=True)
 class Job:
     overrides: list[str]

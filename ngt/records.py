@@ -20,6 +20,7 @@ from ngt.errors import NGTError
 class Status(StrEnum):
     running = "running"
     interrupted = "interrupted"  # stopped by a signal; resumes from checkpoints/last.pt
+    paused = "paused"  # reached budget.stop_at; goes on when launched with a later one
     completed = "completed"
     failed = "failed"
 
@@ -67,7 +68,7 @@ class RunSummary:
     budget: str
     seeds: dict[str, int]
     max_steps: int
-    config: dict[str, Any]  # the resolved config (ngt.config.plain), to check later commands against
+    config: Optional[dict[str, Any]] = None  # the resolved config (ngt.config.plain): later commands are checked against it
     final_step: int = 0
     message: Optional[str] = None
     failed_step: Optional[int] = None

@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from ngt.atomic import atomic_write_bytes, naming_the_file
 from ngt.errors import NGTError
-from ngt.records import RunSummary
+from ngt.records import RunSummary, finite_or_none
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -106,17 +106,19 @@ class RunDir:
             text = self.metrics.read_text()
         except FileNotFoundError:
             return []
+        except ValueError as e:  # not UTF-8
+            raise NGTError(f"{self.metrics} is damaged ({e})") from None
         lines = text.split("\n")  # the last item is "" when the file ends with a newline
         rows = []
         for number, line in enumerate(lines, 1):
-            try:
-                if line:
-                    rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            row = _row(line) if line else {}
+            if row is None:
                 if number == len(lines):  # torn: the append never reached its newline
                     break
                 raise NGTError(f"{self.metrics}, line {number}: not a metrics row ({line[:40]!r}); "
-                               "the file was left as it is: repair or remove that line") from None
+                               "the file was left as it is: repair or remove that line")
+            if row:
+                rows.append(row)
         return rows
 
     def rewrite_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -128,7 +130,7 @@ class RunDir:
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One row, on disk before the checkpoint of its step is written."""
         with naming_the_file(self.metrics), open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -136,13 +138,21 @@ class RunDir:
         """The run's summary; None when it has none yet. A damaged one raises NGTError."""
         try:
             text = self.summary.read_text()
+            return RunSummary.from_dict(json.loads(text))
         except FileNotFoundError:
             return None
-        try:
-            return RunSummary.from_dict(json.loads(text))
-        except (json.JSONDecodeError, AttributeError, NGTError) as e:
+        except (ValueError, AttributeError, TypeError, NGTError) as e:  # bad JSON or UTF-8, not a summary
             raise NGTError(f"{self.summary} is damaged ({str(e).splitlines()[0][:120]})") from None
 
     def write_summary(self, summary: RunSummary) -> None:
         text = json.dumps(summary.to_dict(), indent=2) + "\n"
         atomic_write_bytes(self.summary, lambda f: f.write(text.encode()))
+
+
+def _row(line: str) -> Optional[dict[str, Any]]:
+    """A metrics row, or None if the line is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None

@@ -6,9 +6,8 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -16,89 +15,39 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ngt.config import Config, register_configs
+from ngt.config import register_configs
 from ngt.errors import NGTError, RunFailed, exit_on_user_error, os_error_line
 from ngt.naming import override_key, quoted, register_resolvers, sweep_dir_overrides
-from ngt.preflight import is_swept, preflight
-from ngt.records import RunSummary, Status
-from ngt.rundir import RunDir
+from ngt.preflight import GRID_SIZE, is_swept, preflight
 
 log = logging.getLogger("ngt.screen")
-GRID_SIZE = "NGT_GRID_SIZE"
 
 register_configs()
 register_resolvers()
 
 
-def _record_failure(run_dir: Path, cfg: Optional[Config], message: str) -> None:
-    """Mark the run failed in its summary (made from the config if the trainer wrote none
-    yet). A completed run is never marked failed: the command that failed did not run it."""
-    rd = RunDir(run_dir)
-    try:
-        summary = rd.read_summary()
-    except (NGTError, OSError):
-        return  # a damaged or unreadable summary is left as it is, for the user to see
-    if summary is None and cfg is not None:
-        summary = RunSummary.of_config(cfg, Status.failed)
-    if summary is None or summary.status == Status.completed:
-        return
-    summary.status, summary.message = Status.failed, message
-    try:
-        rd.write_summary(summary)
-    except OSError:
-        pass  # the disk that failed the run: the message still reaches the log
-
-
-def _record_interrupt(run_dir: Path) -> None:
-    rd = RunDir(run_dir)
-    try:
-        summary = rd.read_summary()
-        if summary is not None and summary.status == Status.running:
-            summary.status = Status.interrupted
-            summary.message = "stopped at once by a second Ctrl-C; resumes from its last periodic checkpoint"
-            rd.write_summary(summary)
-    except (NGTError, OSError):
-        pass
-    log.error("stopped at once by a second Ctrl-C: %s resumes from its last periodic checkpoint", run_dir)
-
-
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from ngt.trainer import train  # torch and data imports wait until the config is known to be valid
+    from ngt.runner import train  # torch and data imports wait until the config is known to be valid
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    config: Optional[Config] = None
-    status = 2  # bad input, unless the run started and then failed
     if multirun:
         log.info("run %d of %s: %s", hc.job.num + 1, os.environ.get(GRID_SIZE, "?"), run_dir)
     try:
-        config = OmegaConf.to_object(cfg)
-        return train(config, run_dir, job_num=hc.job.num if multirun else 0)
-    except NGTError as e:
-        message, status = str(e), 1 if isinstance(e, RunFailed) else 2
-    except OSError as e:
-        message, status = os_error_line(e), 1
-    except Exception as e:  # a bug, not bad input: keep the traceback in the run directory
-        message, status = _bug(run_dir, e), 1
-    except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, so nothing was saved
-        _record_interrupt(run_dir)
+        return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0)
+    except KeyboardInterrupt:
+        log.error("stopped at once by a second Ctrl-C: %s resumes from its last periodic checkpoint", run_dir)
         sys.exit(130)
-    _record_failure(run_dir, config, message)
+    except Exception as e:  # recorded in the run's summary by train(); here, the log and the exit status
+        message = str(e) if isinstance(e, NGTError) else os_error_line(e) if isinstance(e, OSError) else \
+            f"{type(e).__name__}: {e} (traceback in {run_dir / 'traceback.txt'})"
+        status = 2 if isinstance(e, NGTError) and not isinstance(e, RunFailed) else 1
     log.error("error: %s", message)
     if multirun:  # let the other runs of the grid go on; the sweep reports the failure at its end
         return {"status": "failed", "message": message}
     sys.exit(status)
-
-
-def _bug(run_dir: Path, e: Exception) -> str:
-    where = run_dir / "traceback.txt"
-    try:
-        where.write_text(traceback.format_exc())
-    except OSError:
-        where = None
-    return f"{type(e).__name__}: {e}" + (f" (traceback in {where})" if where else "")
 
 
 def continue_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], bool]:

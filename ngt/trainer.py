@@ -19,16 +19,16 @@ from typing import Any, Optional
 import torch
 
 from ngt.batches import check_fits, fixed_batches, full_pass, random_batch
-from ngt.checkpoint import load_checkpoint, save_checkpoint
-from ngt.config import NEUTRAL_KEYS, Arch, Config, differences, from_plain, plain
+from ngt.checkpoint import save_checkpoint
+from ngt.config import NEUTRAL_KEYS, Arch, Config, from_plain, plain
 from ngt.data import load_token_data
 from ngt.errors import NGTError, RunFailed
 from ngt.evaluation import diagnostics, mean_loss, project_coords
 from ngt.model import build_model, count_params, matched_params
 from ngt.model.backends import resolve_backend
-from ngt.provenance import CodeVersion, code_version
+from ngt.provenance import code_version
 from ngt.records import Checkpoint, RNGState, RunSummary, Status, finite_or_none, throughput
-from ngt.rundir import RunBusy, RunDir
+from ngt.rundir import RunDir
 from ngt.runtime import (autocast, compile_mode, compile_model, device_name, grad_scaler, peak_memory_mb,
                          pick_device, set_threads, use_deterministic)
 from ngt.signals import StopRequest
@@ -173,7 +173,8 @@ class Trainer:
         mem, mem_kind = peak_memory_mb(self.device)
         summary = self.summary
         summary.status, summary.final_step, summary.elapsed_s = status, s.step, s.elapsed
-        summary.val_loss_final, summary.train_loss_final = final.get("val/loss"), final.get("train/loss")
+        summary.val_loss_final = finite_or_none(final.get("val/loss"))
+        summary.train_loss_final = finite_or_none(final.get("train/loss"))
         summary.val_loss_best, summary.best_step = finite_or_none(s.best), s.best_step
         summary.throughput = throughput({r["step"]: r["elapsed_s"] for r in rows},
                                         list(self.cfg.budget.throughput_window),
@@ -222,6 +223,8 @@ class Trainer:
         """Evaluation, then checkpoints, at the end of optimizer step ``state.step``."""
         s, b = self.state, self.cfg.budget
         at_end = s.step == b.max_steps
+        if s.step == self.until:  # a pause (budget.stop_at) keeps its step: it goes on from there
+            self.save(self.rd.last)
         if s.step % b.eval_every == 0 or at_end:
             row = self.record_evaluation()
             if row["val/loss"] < s.best:
@@ -275,10 +278,11 @@ class Trainer:
 
     def loop(self) -> None:
         s, max_steps, log_every = self.state, self.cfg.budget.max_steps, self.cfg.train.log_every
+        until = self.until
         self.model.train()
         t_log, s_log = time.perf_counter(), s.step
         with StopRequest() as stop:
-            while s.step < max_steps:
+            while s.step < until:
                 loss = self.optimizer_step()
                 self.at_boundary()
                 if s.step % log_every == 0:
@@ -289,7 +293,7 @@ class Trainer:
                              s.step, max_steps, loss, lr_at(s.step - 1, self.cfg), rate,
                              f"{rate * self.tokens_per_step:,.0f}", peak_memory_mb(self.device)[0], _hms(eta))
                     t_log, s_log = now, s.step
-                if stop.requested and s.step < max_steps:
+                if stop.requested and s.step < until:
                     self.stop_for(stop)
 
     def run(self, ckpt: Optional[Checkpoint]) -> RunSummary:
@@ -318,7 +322,23 @@ class Trainer:
         except Diverged:
             self.writer.close()
             raise
+        if self.state.step < self.cfg.budget.max_steps:
+            return self.pause()
         return self.complete()
+
+    @property
+    def until(self) -> int:
+        """The step this launch trains to: the budget's end, or ``budget.stop_at`` before it."""
+        b = self.cfg.budget
+        return min(b.max_steps, b.stop_at) if b.stop_at is not None else b.max_steps
+
+    def pause(self) -> RunSummary:
+        """At ``budget.stop_at``: saved, on the full budget's schedule, to go on when launched
+        again with a later ``stop_at`` (a rung of successive halving) or none."""
+        self.writer.close()
+        summary = self.finish(Status.paused, message=f"paused at budget.stop_at={self.state.step}")
+        log.info("paused at step %d of %d: %s", self.state.step, self.cfg.budget.max_steps, self.rd.path)
+        return summary
 
     def announce(self) -> None:
         """The run's first line: where it is, what it trains, on what, and how."""
@@ -356,49 +376,6 @@ class Trainer:
         log.info("done: val loss %.4f at step %d (best %.4f at step %s)%s; %s", summary.val_loss_final,
                  s.step, summary.val_loss_best or math.nan, summary.best_step, full, self.rd.path)
         return summary
-
-
-def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
-    """Run (or continue) the run in ``run_dir``; returns its summary as a dict. A run that
-    another process is training is skipped."""
-    rd = RunDir(Path(run_dir))
-    try:
-        with rd.lock():
-            return _train_locked(cfg, rd, job_num)
-    except RunBusy as e:
-        log.info("%s (skipped)", e)
-        return {"status": "skipped", "message": str(e)}
-
-
-def _train_locked(cfg: Config, rd: RunDir, job_num: int) -> dict[str, Any]:
-    rd.remove_leftovers()
-    if cfg.force:
-        log.info("force=true: %s starts over", rd.path)
-        rd.clear()
-    prior = rd.read_summary()
-    if (prior and prior.status == Status.completed and prior.final_step == cfg.budget.max_steps
-            and rd.last.exists()):
-        changed = differences(prior.config, plain(cfg), NEUTRAL_KEYS) if prior.config else []
-        if changed:
-            raise NGTError(f"{rd.path} holds a finished run of another config ({'; '.join(changed[:3])})")
-        log.info("run already completed at step %d: %s (skipped)", prior.final_step, rd.path)
-        _warn_if_other_code(prior, rd)
-        return {**prior.to_dict(), "skipped": True}
-    ckpt = load_checkpoint(rd.last) if rd.last.exists() else None
-    if ckpt is not None:
-        changed = differences(ckpt.config, plain(cfg), RESUMABLE_KEYS)
-        if changed:
-            raise NGTError(f"{rd.path} holds a run with a different config ({'; '.join(changed[:3])}); "
-                           "use another output directory to start a new run")
-    return Trainer(cfg, rd, job_num).run(ckpt).to_dict()
-
-
-def _warn_if_other_code(prior: RunSummary, rd: RunDir) -> None:
-    here = code_version()
-    made = CodeVersion.from_dict(prior.code) if prior.code else None
-    if made is None or (made.ngt, made.git_commit, made.git_dirty) != (here.ngt, here.git_commit, here.git_dirty):
-        log.warning("%s was made by %s, not by this code (%s): its numbers stand for that code; "
-                    "force=true trains it again", rd.path, made.short() if made else "an older ngt", here.short())
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

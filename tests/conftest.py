@@ -84,3 +84,17 @@ def wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float 
             raise AssertionError(f"the run ended first (exit {proc.returncode})")
         time.sleep(0.05)
     raise AssertionError(f"{metrics} never reached {n} rows")
+
+
+def compose(*overrides: str):
+    """The config ``python -m ngt.screen <overrides>`` would train, composed in-process."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ngt.config import CONF, register_configs
+    from ngt.naming import register_resolvers
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return OmegaConf.to_object(hydra_compose("config", overrides=list(overrides)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, numbers, screen
+from conftest import TINY, compose, numbers, screen
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -130,3 +130,16 @@ def test_compile_mode_is_cuda_graphs_on_cuda_unless_chosen():
     assert compile_mode(TrainConfig(compile_mode="max-autotune"), cuda) == "max-autotune"
     with pytest.raises(NGTError, match="train.compile_mode='fast' is not one of default, reduce-overhead"):
         TrainConfig(compile_mode="fast")
+
+
+def test_a_run_paused_at_rungs_goes_on_to_the_numbers_of_one_trained_straight(reference_run, tmp_path):
+    from ngt.runner import train
+
+    args, ref = reference_run
+    run = tmp_path / "run"
+    for stop in (15, 30):
+        summary = train(compose(*args, f"budget.stop_at={stop}"), run)
+        assert (summary["status"], summary["final_step"]) == ("paused", stop)
+        assert train(compose(*args, f"budget.stop_at={stop}"), run)["skipped"]  # relaunched: nothing to do
+    assert train(compose(*args), run)["status"] == "completed"
+    assert numbers(run) == numbers(ref)

@@ -3,21 +3,16 @@ baseline's FFN width is solved so both have the same number of parameters."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn as nn
 
-from ngt.config import Arch, AttnImpl, ModelConfig, VariantConfig
-from ngt.errors import NGTError
+from ngt.config import Arch, ModelConfig, VariantConfig
 from ngt.model.backends import resolve_backend
 from ngt.model.baseline import Baseline
 from ngt.model.layers import count_params
 from ngt.model.ngt import NGT, repulsion_energy
 
-__all__ = ["build_model", "model_from_checkpoint", "matched_params", "baseline_mlp_dim", "count_params", "repulsion_energy", "NGT", "Baseline"]
+__all__ = ["build_model", "matched_params", "baseline_mlp_dim", "count_params", "repulsion_energy", "NGT", "Baseline"]
 
 def _ngt_params(cfg: ModelConfig, vocab_size: int) -> int:
     with torch.device("meta"):
@@ -47,25 +42,3 @@ def build_model(cfg: ModelConfig, variant: VariantConfig, vocab_size: int, devic
     if variant.arch == Arch.baseline:
         return Baseline(cfg, vocab_size, baseline_mlp_dim(cfg, vocab_size)).to(device)
     return NGT(cfg, variant, vocab_size, resolve_backend(cfg.attn_impl, device)).to(device)
-
-
-def model_from_checkpoint(state: dict[str, Any], path: Path, device: torch.device) -> tuple[nn.Module, ModelConfig, VariantConfig]:
-    """The model a loaded checkpoint describes, with its weights, in eval mode.
-
-    Always on the plain attention backend: the backend changes speed, not results, and the
-    readers of a checkpoint (sampling, the report) run shapes a compiled one would compile
-    again for."""
-    missing = {"config", "tokenizer", "vocab_size"} - set(state)
-    if missing:
-        raise NGTError(f"{path} is not an ngt checkpoint (it has no {', '.join(sorted(missing))})")
-    try:
-        cfg = replace(ModelConfig(**state["config"]["model"]), attn_impl=AttnImpl.reference)
-        variant = VariantConfig(**state["config"]["variant"])
-    except (TypeError, KeyError) as e:
-        raise NGTError(f"{path} holds a config this version of ngt cannot read ({e})") from None
-    model = build_model(cfg, variant, state["vocab_size"], device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise NGTError(f"{path}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from None
-    return model.eval(), cfg, variant

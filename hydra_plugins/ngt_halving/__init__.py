@@ -1,0 +1,1 @@
+"""ngt's successive-halving sweeper, as Hydra finds sweeper plugins (ngt.halving holds its logic)."""
