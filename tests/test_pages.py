@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -96,8 +97,9 @@ class Browser:
         os.close(self._out)
 
 
-def render(browser: Browser, page: Path, screenshot: Path, timeout: float = 60) -> dict:
-    """Open ``page``, wait for its plots, and return what it drew and what went wrong."""
+def render(browser: Browser, page: Path, screenshot: Path, timeout: float = 60, probes: dict | None = None) -> dict:
+    """Open ``page``, wait for its plots, and return what it drew and what went wrong, and
+    the value of each JavaScript expression in ``probes`` (by its key) once drawn."""
     target = browser.call("Target.createTarget", url="about:blank")["targetId"]
     session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
@@ -131,19 +133,52 @@ def render(browser: Browser, page: Path, screenshot: Path, timeout: float = 60) 
             plots = json.loads(value["result"]["value"])
             if plots and all(x["drawn"] for x in plots):
                 break
-    time.sleep(0.5)  # let WebGL finish a frame before the screenshot
+    if any(x["scene"] for x in plots):
+        time.sleep(0.5)  # let WebGL finish a frame before the screenshot
     shot = browser.call("Page.captureScreenshot", session, format="png")
     screenshot.write_bytes(base64.b64decode(shot["data"]))
+    probed = {k: browser.call("Runtime.evaluate", session, expression=js, returnByValue=True)["result"].get("value")
+              for k, js in (probes or {}).items()}
     browser.call("Target.closeTarget", targetId=target)
-    return {"loaded": loaded, "plots": plots, "errors": errors, "requests": requests}
+    return {"loaded": loaded, "plots": plots, "errors": errors, "requests": requests, "probes": probed}
+
+
+# The headline's points at the comparison step (its first panel, x axis 'x'), as Plotly holds them.
+_HEADLINE = """JSON.stringify(document.getElementById('headline')._fullData.filter(t => t.xaxis === 'x').map(t => ({
+  y: Array.from(t.y), x: Array.from(t.x), text: Array.from(t.text)})))"""
 
 
 @pytest.fixture(scope="module")
 def report_pages(tmp_path_factory, small_corpus):
+    """index.html and one page of each kind (every coordinates page is the same figure of another run)."""
     built = build_sweep(tmp_path_factory, small_corpus)
     out = built["sweep"]
-    pages = [out / "index.html", *sorted((out / "plots").glob("*.html"))]
-    return out, pages
+    plots = sorted((out / "plots").glob("*.html"))
+    coords = [p for p in plots if p.name.startswith("coords_")]
+    return out, [out / "index.html", *(p for p in plots if p not in coords), *coords[:1]]
+
+
+def check_page(seen: dict, where: str, shot: Path) -> None:
+    assert seen["loaded"], where
+    assert seen["errors"] == [], where
+    assert seen["plots"], f"no plot on {where}"
+    for plot in seen["plots"]:
+        assert plot["drawn"] and plot["traces"] > 0 and plot["points"] > 0, (where, plot)
+        assert plot["canvas"] > 0 if plot["scene"] else plot["svg"] > 0, (where, plot)
+    offline = [u for u in seen["requests"] if not u.startswith(("file:", "data:", "about:"))]
+    assert offline == [], where
+    assert shot.stat().st_size > 10_000
+
+
+def check_headline(points: list[dict], summary: str) -> None:
+    """Each point of the headline is the Summary's line for that variant: its Δ and its verdict."""
+    answer = summary[summary.index("## Answer"):summary.index("At equal training time")]
+    # '- ngt_default vs baseline [group]: +0.0094 [...], indistinguishable; ...': the point is named 'ngt_default [group]'
+    lines = {m[1] + (m[2] or ""): m[3] for m in re.finditer(r"^- (.*?) vs baseline( \[.*?\])?: (.*)$", answer, re.M)}
+    drawn = [(y, x, words) for trace in points for y, x, words in zip(trace["y"], trace["x"], trace["text"])]
+    assert sorted(y for y, _, _ in drawn) == sorted(y for y, rest in lines.items() if "not compared" not in rest)
+    for y, x, words in drawn:
+        assert lines[y].startswith(f"{x:+.4f} [") and f", {words}" in lines[y], (y, x, words)
 
 
 def test_every_page_renders_offline_without_errors(report_pages, tmp_path_factory):
@@ -155,17 +190,11 @@ def test_every_page_renders_offline_without_errors(report_pages, tmp_path_factor
     browser = Browser(tmp_path_factory.mktemp("chromium-profile"))
     try:
         for page in pages:
-            seen = render(browser, page, shots / f"{page.stem}.png")
-            where = f"{page.relative_to(out)} (screenshot {shots / (page.stem + '.png')})"
-            assert seen["loaded"], where
-            assert seen["errors"] == [], where
-            assert seen["plots"], f"no plot on {where}"
-            for plot in seen["plots"]:
-                assert plot["drawn"] and plot["traces"] > 0 and plot["points"] > 0, (where, plot)
-                assert plot["canvas"] > 0 if plot["scene"] else plot["svg"] > 0, (where, plot)
-            offline = [u for u in seen["requests"] if not u.startswith(("file:", "data:", "about:"))]
-            assert offline == [], where
-            assert (shots / f"{page.stem}.png").stat().st_size > 10_000
+            shot = shots / f"{page.stem}.png"
+            seen = render(browser, page, shot, probes={"headline": _HEADLINE} if page.name == "index.html" else {})
+            check_page(seen, f"{page.relative_to(out)} (screenshot {shot})", shot)
+            if page.name == "index.html":
+                check_headline(json.loads(seen["probes"]["headline"]), (out / "Summary.md").read_text())
     finally:
         browser.close()
     print(f"screenshots in {shots}")

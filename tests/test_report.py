@@ -2,6 +2,8 @@
 seeds, a run that diverged, a run that failed before training, a run killed mid-way, and
 a run directory with nothing in it yet. Numbers are checked against metrics.jsonl."""
 
+import contextlib
+import io
 import math
 import re
 import shlex
@@ -18,8 +20,8 @@ import torch
 import yaml
 
 import conftest
+from ngt.report.__main__ import main as report_main
 from ngt.report.coords import ValidationSamples, pca3, run_coords
-from ngt.report.stats import t975, welch
 from ngt.rundir import RunDir
 
 # The suite's tiny model (two layers, so diagnostics are per layer) with the full validation pass
@@ -45,6 +47,17 @@ def _wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{metrics} never reached {n} rows")
 
 
+def _in_process_cli(*args: str) -> dict:
+    """``python -m ngt.report ARGS`` in this process (a new process would spend seconds on imports)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = report_main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
 def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     """The sweep directory, made once per session (test_pages.py uses it too)."""
     if _BUILT:
@@ -52,8 +65,11 @@ def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     root = tmp_path_factory.mktemp("report")
     sweep = root / "sweep"
     common = [*TINY, f"data.path={corpus}", f"hydra.sweep.dir={sweep}"]
-
-    # Killed mid-way (SIGKILL: no chance to record anything) once it evaluated step 20.
+    grid = subprocess.Popen(
+        [sys.executable, "-m", "ngt.screen", "-m", "variant=baseline,ngt_default,mass_in_value", "seed=1,2",
+         "train.block_size=32", *common], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Beside the grid, on the other core: a run killed mid-way (SIGKILL: no chance to record
+    # anything) once it evaluated step 20.
     partial = sweep / "partial"
     killed = subprocess.Popen(
         [sys.executable, "-m", "ngt.screen", *TINY, f"data.path={corpus}", "variant=no_radius", "train.block_size=32",
@@ -64,8 +80,8 @@ def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-    grid = _python("-m", "ngt.screen", "-m", "variant=baseline,ngt_default,mass_in_value", "seed=1,2",
-                   "train.block_size=32", *common, cwd=root)
+    stdout, stderr = grid.communicate(timeout=300)
+    grid = subprocess.CompletedProcess(grid.args, grid.returncode, stdout, stderr)
 
     # One more job of the grid, variant=no_repulsion seed=1, whose directory Hydra made but
     # whose trainer never started: nothing recorded but the config Hydra would have saved.
@@ -82,7 +98,7 @@ def build_sweep(tmp_path_factory, corpus: Path) -> dict:
     failing = _python("-m", "ngt.screen", "-m", "variant=no_repulsion", "train.lr=1e30", *common, "train.block_size=32",
                       "train.batch_size=4,4096", cwd=root)
     # The CLI on the same runs, into another directory, after the callback's report.
-    cli = _python("-m", "ngt.report", str(sweep), "--out", str(root / "cli"), cwd=root)
+    cli = _in_process_cli(str(sweep), "--out", str(root / "cli"))
     _BUILT.update(root=root, corpus=corpus, sweep=sweep, grid=grid, failing=failing, cli=cli, partial=partial, started=started)
     return _BUILT
 
@@ -187,7 +203,7 @@ def _val_at(rec: dict, step: int) -> float | None:
 
 def test_summary_fixed_step_against_metrics(built, results):
     md = (built["sweep"] / "Summary.md").read_text()
-    sec = section(md, "## 1. Fixed-step comparison")
+    sec = section(md, "## 1. Fixed-step comparison").split("\n### ")[0]  # the table at the step
     step = int(re.search(r"at step \*\*(\d+)\*\*", sec).group(1))
     assert step == 20  # the smoke budget's last evaluation, reached by every completed run
     records = runs_by_dir(built["sweep"])
@@ -238,28 +254,22 @@ def test_summary_seed_statistics(built, results):
     sec = section(md, "## 5. Seeds")
     records = runs_by_dir(built["sweep"])
     completed = results[results["status"] == "completed"]
-    vals = {v: np.array([_val_at(records[r], 20) for r in completed.index[completed["variant"] == v]])
+    vals = {v: {results.at[r, "seed"]: _val_at(records[r], 20) for r in completed.index[completed["variant"] == v]}
             for v in ("baseline", "ngt_default", "mass_in_value")}
-    shown = {r[0]: r for r in table_rows(sec)}
-    for variant, x in vals.items():
-        assert shown[variant][1:4] == ["2", f"{x.mean():.4f}", f"{x.std(ddof=1):.4f}"]
+    rows = table_rows(sec)
+    spread = {r[0]: r for r in rows if len(r) == 4}
+    for variant, by_seed in vals.items():
+        x = np.array(list(by_seed.values()))
+        assert spread[f"{variant} [train.batch_size=4]"][1:] == ["2", f"{x.mean():.4f}", f"{x.std(ddof=1):.4f}"]
+    paired = {r[0]: r for r in rows if len(r) == 8}
     for variant in ("ngt_default", "mass_in_value"):
-        a, b = vals["baseline"], vals[variant]
-        se2 = a.var(ddof=1) / 2 + b.var(ddof=1) / 2
-        df = se2**2 / ((a.var(ddof=1) / 2) ** 2 + (b.var(ddof=1) / 2) ** 2)
-        d, half = b.mean() - a.mean(), t975(df) * math.sqrt(se2)
-        assert shown[variant][4] == f"{d:+.4f}" and shown[variant][5] == f"[{d - half:+.4f}, {d + half:+.4f}]"
-        assert shown[variant][6] == ("exceeds seed noise" if abs(d) > half else "within seed noise")
-    # the partial run has one seed in its own group: said to be directional
-    assert "One seed only, so directional: no_radius" in sec
-
-
-def test_welch_and_t_table():
-    assert [t975(1), t975(2.9), t975(30), t975(35), t975(75), t975(10_000)] == [12.706, 4.303, 2.042, 2.042, 2.0, 1.98]
-    d = welch(np.array([1.0, 1.1, 1.2, 1.05]), np.array([2.0, 2.1, 2.2, 2.05]))
-    assert d.delta == pytest.approx(1.0) and d.low < d.delta < d.high and d.beyond_noise
-    assert not welch(np.array([1.0, 2.0]), np.array([1.5, 2.5])).beyond_noise
-    assert welch(np.array([1.0]), np.array([2.0, 2.1])) is None
+        # seeds 1 and 2 of each pair with the baseline's: t(0.975, df=1) = 12.7062 on the two differences
+        d = np.array([vals[variant][s] - vals["baseline"][s] for s in (1, 2)])
+        half = 12.7062 * d.std(ddof=1) / math.sqrt(2)
+        r = paired[f"{variant} [train.batch_size=4]"]
+        assert r[1:5] == ["2", "paired", f"{d.mean():+.4f}", f"[{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"]
+        assert r[7] == ("beyond noise" if abs(d.mean()) > half else "indistinguishable")
+    assert "[budget.max_steps=100000,train.batch_size=4] | 1 |" in sec  # the partial run: one seed in its own group
 
 
 def test_summary_idle_parameters_and_commands(built, results):
@@ -308,18 +318,19 @@ def test_report_md_ranking_and_ablations(built, results):
     rows = table_rows(section(md, "## Ablations"))
     ngt_vs_base = next(r for r in rows if r[1].startswith("ngt_default vs baseline") and r[2] != "n/a")
     assert ngt_vs_base[0].startswith("Does gravity attention")
-    assert ngt_vs_base[2] == f"{mean['ngt_default'] - mean['baseline']:+.4f}" and ngt_vs_base[4] == "2/2"
+    assert ngt_vs_base[2] == f"{mean['ngt_default'] - mean['baseline']:+.4f}" and ngt_vs_base[4] == "2 (paired)"
+    assert ngt_vs_base[7] in ("indistinguishable", "beyond noise: baseline better", "beyond noise: ngt_default better")
     miv = next(r for r in rows if r[1].startswith("mass_in_value vs ngt_default") and r[2] != "n/a")
     assert miv[2] == f"{mean['mass_in_value'] - mean['ngt_default']:+.4f}"
     for other in ("bare", "soft_cutoff", "repulsion_interval_8"):
-        assert any(r[1].startswith(f"{other} vs ngt_default") and r[6] == f"missing: no run of {other}" for r in rows)
+        assert any(r[1].startswith(f"{other} vs ngt_default") and r[7] == f"missing: no run of {other}" for r in rows)
     # no_repulsion ran (and failed): listed with why it is not compared, not dropped
-    assert any(r[1].startswith("no_repulsion vs ngt_default") and "did not reach step 20" in r[6] for r in rows)
+    assert any(r[1].startswith("no_repulsion vs ngt_default") and "did not reach step 20" in r[7] for r in rows)
 
 
 def test_cli_report_and_coordinates(built):
     cli = built["cli"]
-    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli["returncode"] == 0, cli["stderr"][-3000:]
     out = built["root"] / "cli"
     assert (out / "results.csv").exists() and (out / "index.html").exists()
     res = pd.read_csv(out / "results.csv")
@@ -347,13 +358,13 @@ def test_coordinates_from_a_checkpoint(built, results):
 
 
 def test_cli_errors(tmp_path):
-    missing = _python("-m", "ngt.report", str(tmp_path / "nope"), cwd=tmp_path)
-    assert missing.returncode != 0 and "no such directory" in missing.stderr
+    missing = _in_process_cli(str(tmp_path / "nope"))
+    assert missing["returncode"] != 0 and "no such directory" in missing["stderr"]
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    empty = _python("-m", "ngt.report", str(tmp_path / "empty"), cwd=tmp_path)
-    assert empty.returncode != 0 and "no run directories" in empty.stderr
-    several = _python("-m", "ngt.report", str(tmp_path), str(tmp_path / "empty"), cwd=tmp_path)
-    assert several.returncode != 0 and "--out is required" in several.stderr
+    empty = _in_process_cli(str(tmp_path / "empty"))
+    assert empty["returncode"] != 0 and "no run directories" in empty["stderr"]
+    several = _in_process_cli(str(tmp_path), str(tmp_path / "empty"))
+    assert several["returncode"] != 0 and "--out is required" in several["stderr"]
 
 
 def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
@@ -372,7 +383,7 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
 
     # Once fixed, the report of a sweep in which nothing was evaluated says so.
     (sweep / "results.csv").rmdir()
-    again = _python("-m", "ngt.report", str(sweep), cwd=tmp_path)
-    assert again.returncode == 0 and "1 run (1 failed)" in again.stdout, again.stderr[-3000:]
+    again = _in_process_cli(str(sweep))
+    assert again["returncode"] == 0 and "1 run (1 failed)" in again["stdout"], again["stderr"][-3000:]
     summary = (sweep / "Summary.md").read_text()
     assert "No step was evaluated by every compared run" in summary and "fewer than one batch needs" in summary

@@ -21,6 +21,7 @@ from ngt.errors import NGTError
 from ngt.records import RunSummary
 from ngt.rundir import METRICS, SUMMARY, RunDir
 from ngt.naming import sweep_dir_overrides
+from ngt.provenance import CodeVersion
 
 # What the trainer measured, copied from summary.json into each run's row.
 MEASURED = ("params", "val_loss_full", "tokens_per_step", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl",
@@ -29,6 +30,9 @@ MEASURED = ("params", "val_loss_full", "tokens_per_step", "peak_memory_mb", "pea
 # every other override puts the run in a group, and runs are compared within a group.
 LABEL_KEYS = ("variant",)
 REPLICATE_KEYS = ("seed", "data_seed")
+# Overrides tuned per variant: runs differing only in them are in one group, and each
+# variant is compared at its own best value (ngt.report.lr).
+TUNED_KEYS = ("train.lr",)
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,11 @@ def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[s
         "mass": variant_cfg.get("mass"),
         "radius": variant_cfg.get("radius"),
         "n_layers": model_cfg.get("n_layers"),
+        "lr": train_cfg.get("lr"),
+        "model": summary.model if summary else model_cfg.get("name"),
+        "data": summary.data if summary else config.get("data", {}).get("name"),
+        "sweep": config.get("sweep"),
+        "code": CodeVersion.from_dict(summary.code).short() if summary and summary.code else None,
         "block_size": train_cfg.get("block_size"),
         "overrides": shlex.join(overrides),  # as typed on a command line
         "checkpoint": str(rd.last) if rd.last.exists() else None,
@@ -176,12 +185,16 @@ def _sweep_command(sweep_dir: Path) -> str | None:
 
 
 def _names(runs: pd.DataFrame) -> pd.Series:
-    """Short unique display names: the label, plus the seed and the group only where they tell runs apart."""
+    """Short unique display names: the label, plus the learning rate, the seed and the group
+    only where they tell runs apart."""
     varying_groups = runs["group"].nunique() > 1
     seeds_per_label = runs.groupby(["label", "group"])["seed"].transform("nunique")
+    lrs_per_label = runs.groupby(["label", "group"])["lr"].transform("nunique")
     names = []
-    for (_, r), n_seeds in zip(runs.iterrows(), seeds_per_label):
+    for (_, r), n_seeds, n_lrs in zip(runs.iterrows(), seeds_per_label, lrs_per_label):
         name = r["label"]
+        if n_lrs > 1 and pd.notna(r["lr"]):
+            name += f" lr={r['lr']:g}"
         if n_seeds > 1:
             name += f" seed={r['seed']}"
         if varying_groups and r["group_label"]:
@@ -212,13 +225,14 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
         label_parts = [f"{k}={v}" for k, v in items.items() if k.startswith("variant.")]
         row["label"] = row["variant"] + (f"[{','.join(label_parts)}]" if label_parts else "")
         group = {k: v for k, v in items.items()
-                 if k not in LABEL_KEYS + REPLICATE_KEYS and not k.startswith("variant.")}
+                 if k not in LABEL_KEYS + REPLICATE_KEYS + TUNED_KEYS and not k.startswith("variant.")}
         row["group"] = ",".join(f"{k}={v}" for k, v in sorted(group.items()))
         row["_group_items"] = group
         row.update({k: items.get(k) for k in override_keys})
     runs = pd.DataFrame(rows).set_index("run", drop=False)
     # Baseline first, then variants by name, seeds in order: the order of every table.
-    order = runs.assign(_b=runs["label"] != "baseline").sort_values(["group", "_b", "label", "seed"], kind="stable")
+    order = runs.assign(_b=runs["label"] != "baseline").sort_values(["group", "_b", "label", "lr", "seed"],
+                                                                      kind="stable")
     runs = runs.loc[order.index]
     runs["group_label"] = _group_labels(runs.pop("_group_items"))
     runs["name"] = _names(runs)

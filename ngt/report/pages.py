@@ -13,16 +13,17 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from ngt.errors import NGTError
-from ngt.report import plots
+from ngt.report import headline, index_page, plots
 from ngt.report.analysis import Analysis
 from ngt.report.coords import ValidationSamples, run_coords
+from ngt.report.curves import same_note
 
 log = logging.getLogger("ngt.report")
 
 PLOTLY_JS = "plotly.min.js"
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}"
           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
-          ".note{color:#555}")
+          ".note{color:#555}" + index_page.STYLE)
 
 
 @dataclass
@@ -37,8 +38,8 @@ def _page(title: str, body: str, js: str) -> str:
             f'<script src="{js}"></script><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n')
 
 
-def _figure(fig: go.Figure) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+def _figure(fig: go.Figure, div_id: str | None = None) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True}, div_id=div_id)
 
 
 def _write(path: Path, title: str, fig: go.Figure, note: str = "") -> Path:
@@ -67,18 +68,28 @@ def _coords_pages(a: Analysis, out: Path, pages: Pages) -> None:
         pages.plots.append(_write(out / f"coords_{_slug(r['name'])}.html", f"coordinates: {r['name']}", c, note))
 
 
+def _answer(a: Analysis) -> str:
+    """The first screen: the headline picture, the same as lines, and the difference over steps."""
+    if a.vs_baseline["missing"].isna().any():
+        figure = _figure(headline.headline(a), "headline") + index_page.verdict_list(a.verdict_lines())
+        figure += _figure(headline.difference_over_steps(a), "difference")
+    else:
+        figure = '<p class="note">No variant could be compared with a baseline run (see Summary.md).</p>'
+    same = "".join(f"<li>{html.escape(same_note(r))}</li>" for _, r in a.same.iterrows())
+    return figure + (f'<p class="note">Identical curves:</p><ul class="note">{same}</ul>' if same else "")
+
+
 def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure | None) -> None:
     links = "".join(f'<li><a href="plots/{p.name}">{html.escape(p.stem)}</a></li>' for p in pages.plots)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in pages.notes)
-    cols = ["name", "status", "final_step", "max_steps", "val_loss_final", "ppl_final", "val_loss_best", "best_step",
-            "steps_per_s", "params", "message"]
-    runs = a.results[cols].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", escape=True)
     counts = ", ".join(f"{n} {s}" for s, n in a.results["status"].value_counts().items())
-    body = (f"<h1>{html.escape(title)}</h1><p>{len(a.results)} runs: {counts}. "
+    body = (index_page.title_block(a, title) + _answer(a)
+            + f"<p>{len(a.results)} runs: {counts}. "
             '<a href="Summary.md">Summary.md</a> · <a href="report.md">report.md</a> · '
             f'<a href="results.csv">results.csv</a></p><h2>Plots</h2><ul>{links}</ul>'
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-            + (_figure(losses) if losses is not None else "") + f"<h2>Runs</h2>{runs}")
+            + (_figure(losses) + _figure(plots.losses_zoom(a)) if losses is not None else "")
+            + f"<h2>Runs</h2>{index_page.runs_table(a)}")
     pages.index.write_text(_page(title, body, f"plots/{PLOTLY_JS}"), encoding="utf-8")
 
 

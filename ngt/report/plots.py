@@ -125,3 +125,21 @@ def coords(c: Coords, name: str) -> go.Figure:
         scene={"xaxis_title": axis[0], "yaxis_title": axis[1], "zaxis_title": axis[2]},
         height=720, margin={"l": 0, "r": 0, "b": 0})
     return fig
+
+
+def losses_zoom(a: Analysis) -> go.Figure:
+    """Validation loss over the last half of the steps up to the comparison step, one line per
+    compared run at its best learning rate: zoomed in, so curves that overlap over the whole
+    run (the first steps span the most loss) come apart."""
+    t = a.at.table[a.at.table["chosen"]]
+    m = a.sweep.metrics
+    half = m[m["run"].isin(t.index) & (m["step"] >= (a.at.step or 0) / 2) & (m["step"] <= (a.at.step or 0))]
+    colour = colours(a)
+    fig = go.Figure()
+    for run, r in t.sort_values("name").iterrows():
+        rm = half[half["run"] == run]
+        fig.add_trace(go.Scatter(x=rm["step"], y=rm["val/loss"], name=r["name"], mode="lines+markers",
+                                 line={"color": colour[r["label"]]}))
+    fig.update_layout(title=f"Validation loss, second half of the steps to {a.at.step} (zoomed)", xaxis_title="step",
+                      yaxis_title="validation loss", height=440, hovermode="x unified")
+    return fig

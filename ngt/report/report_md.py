@@ -6,6 +6,7 @@ import pandas as pd
 
 from ngt.report.analysis import Analysis
 from ngt.report.markdown import integer, num, ratio, signed, table, text
+from ngt.report.stats import BEYOND, DIRECTIONAL, INDISTINGUISHABLE
 
 
 def ranked(a: Analysis) -> str:
@@ -27,30 +28,36 @@ def ranked(a: Analysis) -> str:
     return out
 
 
-def _verdict(r: pd.Series) -> str:
+def _answer(r: pd.Series) -> str:
+    """The verdict in the Summary's words, naming the variant that came out lower."""
     if isinstance(r["missing"], str):
         return f"missing: {r['missing']}"
-    better, worse = (r["other"], r["reference"]) if r["delta"] < 0 else (r["reference"], r["other"])
-    if pd.notna(r["low"]):
-        beyond = r["low"] > 0 or r["high"] < 0
-        return f"{better} better, beyond seed noise" if beyond else "within seed noise"
-    return f"{better} lower (one seed: directional)" if r["delta"] != 0 else "equal"
+    lower = r["other"] if r["delta"] < 0 else r["reference"]
+    if r["verdict"] == DIRECTIONAL:
+        return f"{DIRECTIONAL} (one seed): {lower} lower" if r["delta"] != 0 else f"{DIRECTIONAL} (one seed): equal"
+    if r["verdict"] == BEYOND:
+        return f"{BEYOND}: {lower} better"
+    return INDISTINGUISHABLE
 
 
 def ablations(a: Analysis) -> str:
     t = a.ablations.copy()
     t["pair"] = t["other"] + " vs " + t["reference"]
     if a.several_groups:
-        labels = a.results.drop_duplicates("group").set_index("group")["group_label"]
+        labels = a.group_labels()
         t["pair"] += t["group"].map(lambda g: f" [{labels[g]}]" if g is not None and labels[g] else "")
     t["ci"] = [f"[{lo:+.4f}, {hi:+.4f}]" if pd.notna(lo) else "n/a" for lo, hi in zip(t["low"], t["high"])]
-    t["seeds"] = [f"{a_}/{b}" if a_ else "" for a_, b in zip(t["n_ref"], t["n_other"])]
-    t["verdict"] = t.apply(_verdict, axis=1)
+    t["seeds"] = [f"{n} ({m})" if pd.notna(n) else "" for n, m in zip(t["n"], t["method"])]
+    t["verdict"] = t.apply(_answer, axis=1)
+    best = " (each variant at its own best learning rate)" if a.tuned else ""
     return ("## Ablations\n\nEach line answers one question: Δ = loss(second) − loss(first) at step "
-            f"{a.at.step} (negative: the second is better); speed = second's steps/s over the first's.\n\n"
+            f"{a.at.step}{best}, paired by seed as in Summary.md's Answer (negative: the second is better); "
+            "P(better): bootstrap probability that the second is better; speed = second's steps/s over the "
+            "first's.\n\n"
             + table(t, {"question": ("question", text), "pair": ("second vs first", text),
                         "delta": ("Δ val loss", signed(4)), "ci": ("95% CI", text), "seeds": ("seeds", text),
-                        "speed_ratio": ("speed", ratio), "verdict": ("answer", text)}))
+                        "p_better": ("P(better)", num(2)), "speed_ratio": ("speed", ratio),
+                        "verdict": ("answer", text)}))
 
 
 def render(a: Analysis, title: str) -> str:

@@ -1,8 +1,9 @@
 """The report's numbers, as DataFrames: one row per run (results.csv) and the comparisons.
 
-Every comparison is made within a group (runs sharing all overrides but the variant and
-the seed) and at one step that every compared run reached, so no run is compared with a
-baseline that trained longer, on other data or at another size.
+Every comparison is made within a group (runs sharing all overrides but the variant, the
+seed and the learning rate) and at one step that every compared run reached, so no run is
+compared with a baseline that trained longer, on other data or at another size. Within a
+group each variant is compared at its own best learning rate (ngt.report.lr).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ngt.report.load import Sweep
-from ngt.report.stats import Difference, welch
+from ngt.report.lr import chosen_runs, lr_table
 from ngt.records import throughput
 
 BASELINE = "baseline"
@@ -69,10 +70,15 @@ def results(sweep: Sweep, window: Optional[list[int]] = None) -> pd.DataFrame:
 
 def csv_columns(sweep: Sweep) -> list[str]:
     return ["run", "name", "variant", "label", *sweep.override_keys, "seed", "data_seed", "eval_seed", "status",
-            "message", "final_step", "last_eval_step", "max_steps", "params", "val_loss_final", "ppl_final",
+            "message", "lr", "lr_chosen", "final_step", "last_eval_step", "max_steps", "params", "val_loss_final", "ppl_final",
             "train_loss_final", "val_loss_best", "best_step", "val_loss_full", "ppl_full", "throughput_window",
             "steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl", "compiled",
-            "updated", "path"]
+            "updated", "path", *COMPARISON_COLUMNS]
+
+
+# What the comparisons add to each run's row (NaN where the run is not compared).
+COMPARISON_COLUMNS = ["comparison_step", "val_loss_at_step", "elapsed_at_step_s", "equal_time_s", "val_loss_at_time",
+                      "time_to_baseline_s"]
 
 
 def common_step(sweep: Sweep) -> Optional[int]:
@@ -91,22 +97,38 @@ def common_step(sweep: Sweep) -> Optional[int]:
 @dataclass(frozen=True)
 class AtStep:
     step: Optional[int]
-    table: pd.DataFrame  # compared runs: name, label, group, seed, val_loss, ppl, baseline, delta
+    # compared runs: name, label, group, lr, seed, data_seed, eval_seed, val_loss, ppl, elapsed_s, chosen (at its
+    # variant's best lr), baseline (mean of the group's chosen baseline runs), delta
+    table: pd.DataFrame
     missing: pd.DataFrame  # runs that did not reach ``step``: name, status, last step
+    lrs: pd.DataFrame  # ngt.report.lr.lr_table: the learning rates each variant tried, and its best
+
+
+PAIR = ["seed", "data_seed", "eval_seed"]  # runs with the same three saw the same batches and evaluation tokens
+
+
+def by_pair(runs: pd.DataFrame, column: str) -> dict:
+    """{(seed, data_seed, eval_seed): value} of ``runs``' finite values in ``column``."""
+    v = runs[runs[column].notna()]
+    return {tuple(k): x for k, x in zip(v[PAIR].itertuples(index=False), v[column])}
 
 
 def at_step(sweep: Sweep, res: pd.DataFrame, step: Optional[int]) -> AtStep:
     v = _val(sweep.metrics)
-    here = v[v["step"] == step].set_index("run")["val/loss"] if step is not None else pd.Series(dtype=float)
-    base = res[["group", "label", "name", "status", "seed", "last_eval_step"]]
+    rows = v[v["step"] == step] if step is not None else v.iloc[:0]
+    here = rows.set_index("run").reindex(columns=["val/loss", "elapsed_s"])  # both, even where nothing was evaluated
+    base = res[["group", "label", "name", "status", "lr", *PAIR, "last_eval_step"]]
     t = base.loc[base.index.isin(here.index)].copy()
-    t["val_loss"] = here.reindex(t.index)
+    t["val_loss"] = here["val/loss"].reindex(t.index)
     t["ppl"] = t["val_loss"].map(perplexity)
-    baseline_mean = t[t["label"] == BASELINE].groupby("group")["val_loss"].mean()
+    t["elapsed_s"] = here["elapsed_s"].reindex(t.index)
+    lrs = lr_table(res, t)
+    t["chosen"] = t.index.isin(chosen_runs(res, lrs))
+    baseline_mean = t[(t["label"] == BASELINE) & t["chosen"]].groupby("group")["val_loss"].mean()
     t["baseline"] = t["group"].map(baseline_mean).astype(float)  # no runs compared: an empty column, still float
     t["delta"] = t["val_loss"] - t["baseline"]
     t = t.sort_values(["group", "val_loss"])
-    return AtStep(step, t, base.loc[~base.index.isin(here.index)])
+    return AtStep(step, t, base.loc[~base.index.isin(here.index)], lrs)
 
 
 def best_vs_last(res: pd.DataFrame) -> pd.DataFrame:
@@ -145,69 +167,8 @@ def params_table(res: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-@dataclass(frozen=True)
-class SeedRow:
-    group: str
-    label: str
-    n: int
-    mean: float
-    std: float
-    diff: Optional[Difference]  # to the baseline of the group, when both have >= 2 seeds
-
-
-def seed_table(at: AtStep) -> list[SeedRow]:
-    """Mean and spread over seeds per variant at the common step, for variants with two or more seeds."""
-    t = at.table
-    out = []
-    for (group, label), g in t.groupby(["group", "label"], sort=True):
-        if len(g) < 2:
-            continue
-        base = t[(t["group"] == group) & (t["label"] == BASELINE)]["val_loss"].to_numpy()
-        diff = welch(base, g["val_loss"].to_numpy()) if label != BASELINE else None
-        out.append(SeedRow(group, label, len(g), float(g["val_loss"].mean()), float(g["val_loss"].std(ddof=1)), diff))
-    return out
-
-
-# The original's pairwise questions (docs/original.md#artifacts): (reference, other, what the difference answers).
-ABLATIONS = [
-    (BASELINE, "ngt_default", "Does gravity attention (NGT) beat standard attention at matched parameters?"),
-    ("ngt_default", "bare", "Do repulsion and the radius cutoff, together, help NGT?"),
-    ("ngt_default", "no_repulsion", "Does the repulsion regulariser help?"),
-    ("ngt_default", "no_radius", "Does the hard radius cutoff help?"),
-    ("ngt_default", "mass_in_value", "Should mass scale the values instead of the scores (repulsion every 4 steps)?"),
-    ("ngt_default", "soft_cutoff", "Is a soft radius cutoff (r then trains) better than the hard one?"),
-    ("ngt_default", "repulsion_interval_8", "Is repulsion every 8 steps as good as every step?"),
-]
-
-
-def ablations(at: AtStep, res: pd.DataFrame, speeds: pd.DataFrame) -> pd.DataFrame:
-    """One row per question and group holding either variant: the loss difference
-    (other - reference) at the common step, with a seed interval when there are seeds, or
-    why the comparison is missing. A question with neither variant anywhere gets one row."""
-    t = at.table
-    present = res.groupby("group")["label"].agg(set)
-    rows = []
-    for ref, other, question in ABLATIONS:
-        groups = [g for g, labels in present.items() if ref in labels or other in labels]
-        for group in groups or [None]:
-            row = {"group": group, "reference": ref, "other": other, "question": question, "delta": None,
-                   "low": None, "high": None, "n_ref": 0, "n_other": 0, "speed_ratio": None, "missing": None}
-            rows.append(row)
-            missing = [lab for lab in (ref, other) if group is None or lab not in present[group]]
-            if missing:
-                row["missing"] = "no run of " + " and ".join(missing)
-                continue
-            here = t[t["group"] == group]
-            a, b = (here.loc[here["label"] == lab, "val_loss"].to_numpy() for lab in (ref, other))
-            if not len(a) or not len(b):
-                short = [lab for lab, x in ((ref, a), (other, b)) if not len(x)]
-                row["missing"] = f"{' and '.join(short)} did not reach step {at.step}"
-                continue
-            diff = welch(a, b)
-            row.update(delta=float(b.mean() - a.mean()), n_ref=len(a), n_other=len(b))
-            if diff is not None:
-                row.update(low=diff.low, high=diff.high)
-            sp = speeds[speeds["group"] == group].groupby("label")["steps_per_s"].mean()
-            if ref in sp and other in sp and sp[ref] > 0:
-                row["speed_ratio"] = sp[other] / sp[ref]
-    return pd.DataFrame(rows)
+def seed_table(at: AtStep) -> pd.DataFrame:
+    """Mean and spread over seeds per variant (at its best learning rate) at the common step."""
+    g = at.table[at.table["chosen"]].groupby(["group", "label"], sort=False)
+    t = g.agg(lr=("lr", "first"), n=("val_loss", "size"), mean=("val_loss", "mean"), std=("val_loss", "std"))
+    return t.reset_index()
