@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
+from ngt.config import CONF, register_configs
 from ngt.records import RunSummary, Status
 from ngt.report import compare, stats, write_report
 from ngt.report.analysis import analyse
@@ -260,3 +262,20 @@ def test_each_variant_at_its_own_best_learning_rate(lr_grid):
     line = a.verdict_lines()[1]
     assert line.startswith("ngt_default (lr 0.004) vs baseline (lr 0.002): ")
     assert re.search(r"lr=0\.004 seed=1", " ".join(a.results["name"]))
+
+
+@pytest.mark.parametrize("name,variants,rates,seeds", [
+    ("demo_lr", 3, [5e-4, 1e-3, 2e-3], [1, 2]),
+    ("w3_25m_lr", 6, [7.5e-5, 1.5e-4, 3e-4, 6e-4, 1.2e-3], [42, 43, 44]),
+])
+def test_named_learning_rate_sweeps(name, variants, rates, seeds):
+    """sweep=NAME grids variant x train.lr x seed, the rates log-spaced (a factor 2 apart)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert len(params["variant"].split(",")) == variants and "baseline" in params["variant"]
+        assert [int(s) for s in str(params["seed"]).split(",")] == seeds
+        swept = [compose("config", overrides=[f"sweep={name}", f"train.lr={x}"]).train.lr
+                 for x in params["train.lr"].split(",")]
+    assert swept == pytest.approx(rates) and np.diff(np.log2(swept)) == pytest.approx([1.0] * (len(rates) - 1))
