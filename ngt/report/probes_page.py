@@ -3,9 +3,10 @@ their probes.jsonl (ngt/probes.py), for the question the original's probes asked
 words of related meaning move together in the coordinate space.
 
 On top, every NGT run side by side: a group's mean distance within it and to the other
-groups, against step. Below, per run, the words' positions over training, projected on
-the two principal axes of all that run's evaluations together, so every step is drawn in
-the same axes. Like the report's other pages it loads plotly.js from ``plots/``.
+groups, against step. Below, per run, the words' positions over training, relative to
+each evaluation's mean and projected on the two principal axes of all that run's
+evaluations together, so every step is drawn in the same axes. Like the report's other
+pages it loads plotly.js from ``plots/``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ _ABOUT = (
     "different words of a group (solid) and from the group's occurrences to the other groups' (dashed); a group "
     "whose words move together keeps solid below dashed. <b>Positions</b>: per run, a line is a word's mean "
     "position over its occurrences, evaluation after evaluation, its large marker the last one; faint markers "
-    "are the single occurrences at that last evaluation. Projection: the two principal axes of all of the run's "
-    "evaluations together.")
+    "are the single occurrences at that last evaluation. Projection: each evaluation's positions relative to "
+    "its mean (so the drift of the whole cloud over training is left out, as distances leave it out), on the two "
+    "principal axes of all of the run's evaluations together.")
 Records = list[dict[str, Any]]
 
 
@@ -103,11 +105,17 @@ def distances(runs: dict[str, Records], colour: dict[str, str]) -> go.Figure:
 
 
 def _projected(records: Records) -> tuple[pd.DataFrame, np.ndarray]:
-    """The records with their position on the first two principal axes (x, y) of all of
-    them, and the share of the variance those axes explain."""
-    pcs, explained = pca3(torch.tensor([r["z"] for r in records], dtype=torch.float64))
+    """The records with their position (x, y) on the first two principal axes of all of
+    them, each taken relative to the mean of its evaluation's records; and the share of the
+    variance those axes explain. Relative, because the whole cloud drifts over training
+    (every coordinate is LayerNormed from the same positions), and that drift would take
+    the first axis, leaving the words' places relative to each other, the question here,
+    squeezed into a corner."""
     df = pd.DataFrame([{k: r[k] for k in ("step", "group", "word", "occurrence", "split", "offset")}
                        for r in records])
+    z = pd.DataFrame([r["z"] for r in records])
+    z -= z.groupby(df["step"]).transform("mean")
+    pcs, explained = pca3(torch.tensor(z.to_numpy(), dtype=torch.float64))
     return df.assign(x=pcs[:, 0], y=pcs[:, 1]), explained[:2]
 
 
