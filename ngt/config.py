@@ -30,7 +30,7 @@ SWEEPS = PACKAGE / "sweeps"
 # name its directory, a completed run is skipped under other values of them, and an
 # interrupted one resumes under other values of them. (`continue=` may also change the
 # budget: ngt.trainer.resume.)
-NEUTRAL_KEYS = ("hydra", "sweep", "force", "budget.stop_at", "train.device", "train.threads", "train.log_every",
+NEUTRAL_KEYS = ("hydra", "sweep", "force", "probes", "budget.stop_at", "train.device", "train.threads", "train.log_every",
                 "train.compile", "train.compile_mode", "train.deterministic", "model.attn_impl")
 
 
@@ -250,12 +250,35 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Probe words: their last-layer z and mass at every evaluation of an NGT run (ngt/probes.py)."""
+
+    groups: dict[str, list[str]] = field(default_factory=dict, metadata={"help": (
+        "group -> words, matched as written; probes=original (the default) or probes=none sets them, "
+        "+probes.groups.NAME=[W1,W2] adds a group")})
+    occurrences: int = setting(8, "occurrences per word, chosen once from the corpus (validation split first)")
+
+    def __post_init__(self) -> None:
+        _at_least(self, "probes", 1, "occurrences")
+        group_of: dict[str, str] = {}
+        for name, words in self.groups.items():
+            _check(re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None, "probes.groups", name,
+                   "a group name of letters, digits, _ . -")
+            _check(len(words) > 0, f"probes.groups.{name}", words, "at least one word")
+            for w in words:
+                _check(w != "" and w == w.strip(), f"probes.groups.{name}", w, "a word without surrounding whitespace")
+                _check(group_of.setdefault(w, name) == name, f"probes.groups.{name}", w,
+                       f"a word of one group only (it is in {group_of[w]} too)")
+
+
+@dataclass
 class Config:
     variant: VariantConfig = field(default_factory=VariantConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = setting(42, "model initialisation and dropout (the repulsion samples use seed + 1)")
     data_seed: int = setting(1337, "order of the training batches")
     eval_seed: int = setting(2024, "the fixed evaluation batches, shared by every run of a grid")
@@ -310,7 +333,7 @@ def plain(obj: Any) -> Any:
 def from_plain(d: dict[str, Any]) -> Config:
     """The inverse of ``plain`` for a whole config, checked as on composition."""
     parts = {"variant": VariantConfig, "model": ModelConfig, "data": DataConfig, "budget": BudgetConfig,
-             "train": TrainConfig}
+             "train": TrainConfig, "probes": ProbeConfig}
     try:
         return Config(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
     except TypeError as e:

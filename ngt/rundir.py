@@ -93,7 +93,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove what training wrote (``force=true``); Hydra's records and the log stay."""
-        for f in (self.summary, self.metrics, self.path / "traceback.txt"):
+        for f in (self.summary, self.metrics, self.path / "probes.jsonl", self.path / "traceback.txt"):
             f.unlink(missing_ok=True)
         for folder in (self.path / "checkpoints", self.tb):
             shutil.rmtree(folder, ignore_errors=True)

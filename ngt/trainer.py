@@ -26,6 +26,7 @@ from ngt.errors import NGTError, RunFailed
 from ngt.evaluation import diagnostics, mean_loss, project_coords
 from ngt.model import build_model, count_params, matched_params
 from ngt.model.backends import resolve_backend
+from ngt.probes import ProbeSet, keep_probe_steps, record_probes
 from ngt.provenance import code_version
 from ngt.records import Checkpoint, RNGState, RunSummary, Status, finite_or_none, throughput
 from ngt.rundir import RunDir
@@ -83,6 +84,8 @@ class Trainer:
         use_deterministic(t)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, cfg.variant, self.vocab, self.device)
+        self.probes = ProbeSet.locate(cfg.probes.groups, self.data, t.block_size, cfg.probes.occurrences,
+                                      t.batch_size) if cfg.variant.arch == Arch.ngt and cfg.probes.groups else None
         self.optimizer = make_optimizer(self.model, t)
         self.amp_ctx, self.amp_dtype = autocast(self.device, t.amp)
         self.scaler = grad_scaler(self.amp_dtype)
@@ -148,6 +151,7 @@ class Trainer:
                      budget.max_steps)
         rows = [r for r in self.rd.read_metrics() if r["step"] <= s.step]
         self.rd.rewrite_metrics(rows)
+        keep_probe_steps(self.rd.path, [r["step"] for r in rows])
         log.info("resumed from %s at step %d", self.rd.last, s.step)
         evaluated = s.step % budget.eval_every == 0 or s.step == old_budget["max_steps"]
         return from_plain(ckpt.config) if evaluated and (not rows or rows[-1]["step"] < s.step) else None
@@ -200,6 +204,8 @@ class Trainer:
         """Evaluate at step ``state.step`` and write the row: metrics.jsonl, TensorBoard, the log."""
         s, b = self.state, self.cfg.budget
         row = self.evaluate(schedule or self.cfg)
+        if self.probes is not None:  # before the metrics row: a step with a row has its probes
+            record_probes(self.rd.path, s.step, self.probes.measure(self.model, self.device), self.writer)
         self.rd.append_metrics(row)
         for k, v in row.items():
             if k != "step" and v is not None:
@@ -300,8 +306,10 @@ class Trainer:
         missing_row: Optional[Config] = None
         if ckpt is not None:
             missing_row = self.resume(ckpt)
-        elif self.rd.metrics.exists():
-            self.rd.rewrite_metrics([])  # a run that died before its first checkpoint starts over
+        else:  # a run that died before its first checkpoint starts over
+            if self.rd.metrics.exists():
+                self.rd.rewrite_metrics([])
+            keep_probe_steps(self.rd.path, [])
         self.train_model = compile_model(self.model, self.cfg.train, self.device)
         self.summary = self.start_summary()
         from torch.utils.tensorboard import SummaryWriter

@@ -21,8 +21,10 @@ def metrics(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, small_corpus):
     out = tmp_path_factory.mktemp("ref")
+    # Probe words that the small corpus holds (speakers of Coriolanus), so resume is checked on them too.
     args = [*TINY, f"data.path={small_corpus}", "data=text", "budget.max_steps=40", "budget.eval_every=5",
-            "budget.checkpoint_every=5", "train.full_val=true"]
+            "budget.checkpoint_every=5", "train.full_val=true", "probes=none",
+            "+probes.groups.tribunes=[BRUTUS,SICINIUS]", "+probes.groups.family=[VOLUMNIA,VIRGILIA]"]
     screen(*args, f"hydra.run.dir={out / 'run'}", cwd=out, check=True)
     return args, out / "run"
 
@@ -95,6 +97,9 @@ def test_sigkill_at_a_random_step_then_resume_is_the_same_run(reference_run, tmp
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_at_steps"]
     assert numbers(run) == numbers(ref)
+    probes = (ref / "probes.jsonl").read_text()
+    assert probes.count("\n") == len(numbers(ref)) and '"word": "BRUTUS"' in probes  # a line per evaluation
+    assert (run / "probes.jsonl").read_text() == probes
 
 
 def test_relaunching_a_completed_run_skips_it(reference_run):
