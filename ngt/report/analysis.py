@@ -57,11 +57,12 @@ class Analysis:
         groups = [g for g in self.time.times if g in compared]
         return ", ".join(self.with_group([f"{self.time.times[g]:.1f} s" for g in groups], groups)) or "n/a"
 
-    def verdict_lines(self) -> list[str]:
-        """One line per variant against its baseline at the comparison step, e.g.
-        'ngt_default vs baseline: +0.0210 [+0.0120, +0.0300], beyond noise (worse); 3 paired
-        seeds, P(better) 0.00' (the Summary's first section; for a console)."""
-        return compare.lines(self.vs_baseline, self.group_labels(), self.tuned)
+    def verdict_lines(self, at_time: bool = False) -> list[str]:
+        """One line per variant against its baseline at the comparison step (``at_time``: at
+        equal training time, ``equal_times()``), e.g. 'ngt_default vs baseline: +0.0210
+        [+0.0120, +0.0300], beyond noise (worse); 3 paired seeds, P(better) 0.00': the lines of
+        the Summary's first section, for a console too."""
+        return compare.lines(self.vs_baseline_time if at_time else self.vs_baseline, self.group_labels(), self.tuned)
 
 
 def _values(t: pd.DataFrame, column: str) -> pd.DataFrame:

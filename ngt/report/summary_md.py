@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ngt.report import compare
 from ngt.report.analysis import Analysis
 from ngt.report.curves import same_note
 from ngt.report.markdown import integer, num, percent, ratio, signed, table, text
@@ -32,7 +31,7 @@ def answer(a: Analysis) -> str:
            "**directional**: one seed, so no interval and no verdict.\n"]
     out += [f"- {x}" for x in a.verdict_lines()]
     out.append(f"\nAt equal training time ({a.equal_times()}, the longest every compared run reached; section 1):\n")
-    out += [f"- {x}" for x in compare.lines(a.vs_baseline_time, a.group_labels(), a.tuned)]
+    out += [f"- {x}" for x in a.verdict_lines(at_time=True)]
     if len(a.same):
         out.append("\nIdentical curves (within float rounding):\n")
         out += [f"- {same_note(r)}" for _, r in a.same.iterrows()]
