@@ -24,6 +24,25 @@ class RunFailed(NGTError):
     """A run that started and could not go on (exit status 1, not 2)."""
 
 
+# Packages a stage imports only when it runs, and how to install each: an offline bundle may
+# leave one out (scripts/wheelhouse.py --without datasets), or an environment may lack one.
+INSTALL = {"datasets": "pip install 'ngt[hf]'", "pandas": "pip install pandas", "plotly": "pip install plotly",
+           "scipy": "pip install scipy", "tensorboard": "pip install tensorboard"}
+
+
+@contextmanager
+def needs_packages(stage: str) -> Iterator[None]:
+    """Around a stage's imports: a package of ``INSTALL`` that is not installed becomes one
+    ``NGTError`` line naming it and the install command, not a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in INSTALL:
+            raise  # a module of ngt's own, or another package: a bug, with its traceback
+        raise NGTError(f"{stage} needs the package '{top}', which is not installed here: {INSTALL[top]}") from None
+
+
 def os_error_line(e: OSError) -> str:
     """'No space left on device: /path/file' (the file a write or read failed on)."""
     where = e.filename or "(a file)"

@@ -22,7 +22,7 @@ from ngt.batches import check_fits, fixed_batches, full_pass, random_batch
 from ngt.checkpoint import save_checkpoint
 from ngt.config import NEUTRAL_KEYS, Arch, Config, from_plain, plain
 from ngt.data import load_token_data
-from ngt.errors import NGTError, RunFailed
+from ngt.errors import NGTError, RunFailed, needs_packages
 from ngt.evaluation import diagnostics, mean_loss, project_coords
 from ngt.model import build_model, count_params, matched_params
 from ngt.model.backends import resolve_backend
@@ -312,7 +312,8 @@ class Trainer:
             keep_probe_steps(self.rd.path, [])
         self.train_model = compile_model(self.model, self.cfg.train, self.device)
         self.summary = self.start_summary()
-        from torch.utils.tensorboard import SummaryWriter
+        with needs_packages("the trainer (TensorBoard scalars in tb/)"):
+            from torch.utils.tensorboard import SummaryWriter
 
         # A resumed run writes its events again from the step after its checkpoint (from the
         # checkpoint's own step where that evaluation is made again).

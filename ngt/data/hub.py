@@ -16,7 +16,7 @@ from typing import Any
 
 from ngt.data.cache import fingerprint
 from ngt.data.corpus import BATCH
-from ngt.errors import NGTError
+from ngt.errors import NGTError, needs_packages
 
 _HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
@@ -60,7 +60,8 @@ class HubCorpus:
     @cached_property
     def _dataset(self) -> Any:
         # Imported here: it costs over a second, and loads served from the cache never need it.
-        import datasets
+        with needs_packages("data.source=hf"):
+            import datasets
 
         where = f"dataset '{self.path}'" + (f" (config {self.config})" if self.config else "")
         try:
