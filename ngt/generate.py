@@ -69,6 +69,8 @@ def parse_args(argv: Sequence[str]) -> GenerateConfig:
         key, sep, value = arg.partition("=")
         if not sep and kinds.get(key) is bool:  # `interactive` alone reads as interactive=true
             sep, value = "=", "true"
+        if not sep and Path(arg).exists():  # a run directory or checkpoint typed without its key
+            raise NGTError(f"'{arg}' needs its key: python -m ngt.generate run={arg}")
         if not sep:
             raise NGTError(f"arguments are key=value, got '{arg}' (python -m ngt.generate help lists them)")
         if key not in kinds:

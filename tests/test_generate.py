@@ -160,7 +160,8 @@ def test_paths_without_a_run_give_one_line_errors(tmp_path, capsys):
     assert "not an ngt checkpoint" in _error([f"run={foreign}"], capsys)
 
 
-def test_bad_arguments_give_one_line_errors(capsys):
+def test_bad_arguments_give_one_line_errors(capsys, tmp_path):
+    assert f"needs its key: python -m ngt.generate run={tmp_path}" in _error([str(tmp_path)], capsys)
     assert "unknown argument 'temp'" in _error(["run=x", "temp=1"], capsys)
     assert "not a valid float" in _error(["run=x", "temperature=hot"], capsys)
     assert "key=value" in _error(["run"], capsys)
