@@ -94,3 +94,12 @@ def test_a_sweep_killed_in_its_first_run_resumes_it_and_runs_the_second(grid, re
     relaunch_and_compare(grid, where, reference)
     assert summary(where / "variant=baseline")["resumed_at_steps"]
     assert summary(where / "variant=ngt_default")["resumed_at_steps"] == []
+
+
+def test_two_runs_at_once_give_the_numbers_of_one_after_the_other(grid, reference, tmp_path):
+    """hydra/launcher=local trains a grid's runs as parallel processes on one device (several
+    runs per GPU, issue 16): each run's numbers are those of the grid trained run by run."""
+    where = tmp_path / "sweep"
+    screen(*grid, "hydra/launcher=local", f"hydra.sweep.dir={where}", cwd=tmp_path, check=True)
+    for variant in VARIANTS:
+        assert numbers(where / f"variant={variant}") == numbers(reference / f"variant={variant}")
