@@ -21,6 +21,7 @@ from ngt.config import CONF, register_configs
 from ngt.records import RunSummary, Status
 from ngt.report import compare, stats, write_report
 from ngt.report.analysis import analyse
+from ngt.report.equal_time import EqualTime
 from ngt.report.headline import headline
 from ngt.report.load import load_runs
 from ngt.rundir import RunDir
@@ -214,6 +215,14 @@ def test_equal_training_time_and_time_to_reach_the_baseline(built):
     assert reach.at["mass_in_value", "reached"] == 0 and math.isnan(reach.at["mass_in_value", "mean_s"])
     sec = (sweep / "Summary.md").read_text()
     assert "not reached (0 of 3 seeds)" in sec and f"{want:.1f} s" in sec
+
+
+def test_unlike_training_times_of_one_variant_call_for_caution(built):
+    _, a = built
+    assert a.time.caution() is None  # every variant's seeds took the same time here
+    uneven = a.time.table.assign(elapsed_s=[2.0 if name == "bare seed=5" else 1.0 for name in a.time.table["name"]])
+    caution = EqualTime(a.time.times, uneven, a.time.reach).caution()
+    assert "(bare) took up to 2.0x as long" in caution
 
 
 def test_results_csv_keeps_one_row_per_run_with_the_comparison_columns(built):

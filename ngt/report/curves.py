@@ -87,5 +87,6 @@ def difference_curves(metrics: pd.DataFrame, at: AtStep) -> pd.DataFrame:
 
 def same_note(r: pd.Series) -> str:
     """'no_radius: same curve as ngt_default (...)', one row of ``same_curves``, as the documents say it."""
-    return (f"{r['label']}: same curve as {r['same_as']} (at most {r['max_rel']:.0e} apart, relative, at every "
-            "evaluation of every seed): its switches had no effect in this run")
+    apart = "equal" if r["max_rel"] == 0 else f"at most {r['max_rel']:.0e} apart, relative,"
+    return (f"{r['label']}: same curve as {r['same_as']} ({apart} at every evaluation of every seed): its "
+            "switches had no effect in this run")

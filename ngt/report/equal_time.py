@@ -25,12 +25,29 @@ from ngt.report.load import Sweep
 from ngt.report.tables import BASELINE, AtStep
 
 
+# Seeds of one variant do the same work per step; where their training times to the comparison
+# step differ by more than this factor, the machine (its load, or another device) set the times.
+UNEVEN = 1.25
+
+
 @dataclass(frozen=True)
 class EqualTime:
     times: dict[str, float]  # per group: the longest training time every compared run reached (s)
     # the compared runs at their best lr (rows of at.table): + equal_time_s, val_loss_at_time, time_to_baseline_s
     table: pd.DataFrame
     reach: pd.DataFrame  # per group and variant: target, baseline_s, seeds, reached, mean_s, ratio
+
+    def caution(self) -> str | None:
+        """A warning where seeds of one variant took unlike times to the comparison step: the
+        equal-time comparison then measures the machine, not the variants."""
+        t = self.table.dropna(subset=["elapsed_s"])
+        spread = t.groupby(["group", "label"])["elapsed_s"].agg(lambda s: s.max() / s.min() if s.min() > 0 else 1.0)
+        if spread.empty or spread.max() <= UNEVEN:
+            return None
+        label = spread.idxmax()[1]
+        return (f"the seeds of one variant ({label}) took up to {spread.max():.1f}x as long as each other to the "
+                "comparison step, so the machine's load (or unlike devices), not the variants, set these training "
+                "times: compare at equal time only on runs timed on alike, otherwise idle machines")
 
 
 def curve(metrics: pd.DataFrame, run: str) -> tuple[np.ndarray, np.ndarray]:

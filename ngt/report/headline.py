@@ -32,8 +32,9 @@ def headline_rows(a: Analysis, t: pd.DataFrame) -> pd.DataFrame:
                     hover=[line(r, labels.get(r["group"], ""), a.tuned) for _, r in t.iterrows()])
 
 
-def _points(fig: go.Figure, t: pd.DataFrame, col: int) -> None:
-    """One trace per kind of verdict, so the legend reads as a key."""
+def _points(fig: go.Figure, t: pd.DataFrame, col: int, legend: set) -> None:
+    """One trace per kind of verdict, so the legend reads as a key (each kind in it once:
+    ``legend`` holds the kinds already there)."""
     kinds = [("beyond noise, better", (t["verdict"] == BEYOND) & (t["direction"] == "better"), "better", "circle"),
              ("beyond noise, worse", (t["verdict"] == BEYOND) & (t["direction"] == "worse"), "worse", "circle"),
              ("indistinguishable", (t["verdict"] != BEYOND) & (t["method"] != ONE_SEED), "noise", "circle"),
@@ -43,12 +44,13 @@ def _points(fig: go.Figure, t: pd.DataFrame, col: int) -> None:
         if k.empty:
             continue
         fig.add_trace(go.Scatter(
-            x=k["delta"], y=k["shown"], mode="markers+text", name=name, legendgroup=name, showlegend=col == 1,
+            x=k["delta"], y=k["shown"], mode="markers+text", name=name, legendgroup=name, showlegend=name not in legend,
             text=k["words"], textposition="top center", hovertext=k["hover"], hoverinfo="text",
             marker={"color": _VERDICT_COLOUR[colour], "size": 11, "symbol": symbol, "line": {"width": 2}},
             error_x={"type": "data", "symmetric": False, "array": (k["high"] - k["delta"]).fillna(0),
                      "arrayminus": (k["delta"] - k["low"]).fillna(0), "color": _VERDICT_COLOUR[colour]}),
             row=1, col=col)
+        legend.add(name)
 
 
 def _padded(t: pd.DataFrame) -> list[float]:
@@ -65,8 +67,9 @@ def headline(a: Analysis) -> go.Figure:
     step, time = headline_rows(a, a.vs_baseline), headline_rows(a, a.vs_baseline_time)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.03, subplot_titles=(
         f"at step {a.at.step}", f"at equal training time ({a.equal_times()})"))
-    _points(fig, step, 1)
-    _points(fig, time, 2)
+    legend: set = set()
+    _points(fig, step, 1, legend)
+    _points(fig, time, 2, legend)
     order = step.sort_values("delta")["shown"].tolist()  # the lowest (best) loss on top
     # headroom above the top point for its verdict label
     fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], range=[-0.5, len(order) - 0.2], row=1, col=1)

@@ -72,6 +72,8 @@ def _answer(a: Analysis) -> str:
     """The first screen: the headline picture, the same as lines, and the difference over steps."""
     if a.vs_baseline["missing"].isna().any():
         figure = _figure(headline.headline(a), "headline") + index_page.verdict_list(a.verdict_lines())
+        if a.time.caution():
+            figure += f'<p class="note">At equal training time: {html.escape(a.time.caution())}.</p>'
         figure += _figure(headline.difference_over_steps(a), "difference")
     else:
         figure = '<p class="note">No variant could be compared with a baseline run (see Summary.md).</p>'

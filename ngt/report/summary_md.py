@@ -32,6 +32,8 @@ def answer(a: Analysis) -> str:
     out += [f"- {x}" for x in a.verdict_lines()]
     out.append(f"\nAt equal training time ({a.equal_times()}, the longest every compared run reached; section 1):\n")
     out += [f"- {x}" for x in a.verdict_lines(at_time=True)]
+    if a.time.caution():
+        out.append(f"\nCaution: {a.time.caution()}.")
     if len(a.same):
         out.append("\nIdentical curves (within float rounding):\n")
         out += [f"- {same_note(r)}" for _, r in a.same.iterrows()]
@@ -103,6 +105,7 @@ def equal_time(a: Analysis) -> str:
             "linearly between evaluations, at the longest training time every compared run of its group "
             f"reached ({a.equal_times()}): a variant slower per step has had fewer steps there. Training seconds "
             "leave out evaluation and step 0's start-up.\n\n"
+            + (f"**Caution**: {a.time.caution()}.\n\n" if a.time.caution() else "")
             + table(t, {"name": ("run", text), "equal_time_s": ("at s", num(1)),
                         "val_loss_at_time": ("val loss", num(4)), "val_loss": (f"at step {a.at.step}", num(4)),
                         "elapsed_s": ("its s at that step", num(1))})
