@@ -33,9 +33,13 @@ def windows(ids: np.ndarray, starts: torch.Tensor, block_size: int) -> Batch:
     return t[:, :-1], t[:, 1:]
 
 
+def random_starts(ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Where a random batch's windows start: what a batch draws from its generator."""
+    return torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
+
+
 def random_batch(ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator) -> Batch:
-    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
-    return windows(ids, starts, block_size)
+    return windows(ids, random_starts(ids, batch_size, block_size, generator), block_size)
 
 
 def fixed_batches(ids: np.ndarray, n: int, batch_size: int, block_size: int, seed: int) -> list[Batch]:

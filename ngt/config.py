@@ -236,6 +236,8 @@ class TrainConfig:
     threads: int = setting(0, "CPU threads for torch; 0 = torch's default")
     log_every: int = setting(10, "steps between progress lines")
     full_val: bool = setting(True, "one pass over the whole validation split at the end")
+    collective_timeout_s: int = setting(600, "data-parallel runs: seconds a process waits for the others at a "
+                                             "collective before the run fails (a dead or hung process)")
 
     def __post_init__(self) -> None:
         _as_enums(self, "train")

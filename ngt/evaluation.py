@@ -8,17 +8,25 @@ import torch
 from ngt.batches import Batch
 from ngt.data import TokenData
 from ngt.model.layers import causal_lm_loss
+from ngt.runtime import Processes
 
 
 @torch.no_grad()
-def mean_loss(model, batches: list[Batch], device, amp_ctx) -> float:
+def mean_loss(model, batches: list[Batch], device, amp_ctx, procs: Processes = Processes()) -> float:
+    """The mean loss over ``batches``. The processes of a data-parallel run share them out
+    (every ``procs.size``-th each) and add the losses up in the batches' order, as one
+    process does: the same number to the bit, in a fraction of the time."""
     model.eval()
-    total = 0.0
-    for x, y in batches:
+    mine = []
+    for x, y in batches[procs.rank :: procs.size]:
         with amp_ctx:
             logits, _ = model(x.to(device))
-        total += float(causal_lm_loss(logits, y.to(device)))
+        mine.append(float(causal_lm_loss(logits, y.to(device))))
     model.train()
+    shares = procs.gathered(mine)
+    total = 0.0
+    for i in range(len(batches)):
+        total += shares[i % procs.size][i // procs.size]
     return total / len(batches)
 
 

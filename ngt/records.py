@@ -82,6 +82,7 @@ class RunSummary:
     device: Optional[str] = None
     torch_version: Optional[str] = None
     threads: Optional[int] = None
+    processes: int = 1  # how many processes trained the latest launch, data-parallel (rank 0's figures above)
     amp_dtype: Optional[str] = None
     schedule_changes: list[dict[str, Any]] = field(default_factory=list)
     resumed_at_steps: list[int] = field(default_factory=list)

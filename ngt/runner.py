@@ -1,6 +1,9 @@
 """``train(cfg, run_dir)``: one run directory brought to its budget. It takes the directory's
 lock, skips a run that is already done, resumes one that was stopped, starts one that is
-new, and records in the summary how a run that could not go on ended."""
+new, and records in the summary how a run that could not go on ended.
+
+In a data-parallel run (``ngt.runtime.Processes``) rank 0 does all of that; the other
+processes join it, take its decision and its checkpoint from it, and write nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from ngt.checkpoint import load_checkpoint
 from ngt.config import NEUTRAL_KEYS, Config, differences, plain
 from ngt.errors import NGTError, os_error_line
 from ngt.provenance import CodeVersion, code_version
-from ngt.records import RunSummary, Status
+from ngt.records import Checkpoint, RunSummary, Status
 from ngt.rundir import RunBusy, RunDir
+from ngt.runtime import Processes, pick_device
 from ngt.trainer import RESUMABLE_KEYS, Trainer
 
 log = logging.getLogger("ngt.train")
@@ -24,11 +28,22 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     """Run (or continue) the run in ``run_dir``; returns its summary as a dict. A run that
     another process is training is skipped. A failure is recorded in the summary (while
     the lock is held, so no other launch sees it half-written), then raised."""
-    rd = RunDir(Path(run_dir))
+    rd, procs = RunDir(Path(run_dir)), Processes.from_env()
+    procs.check_split(cfg.train)
+    procs.join(pick_device(cfg.train.device, job_num, procs=procs), cfg.train.collective_timeout_s)
+    result = _lead(cfg, rd, job_num, procs) if procs.writes else _follow(cfg, rd, job_num, procs)
+    # Every process returns once rank 0 has written the run's end: what comes next (a
+    # grid's next run, a halving rung's decision) reads it.
+    procs.barrier()
+    return result
+
+
+def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, Any]:
+    """Rank 0, or the only process: holds the lock, decides, trains, records a failure."""
     try:
         with rd.lock():
             try:
-                return _train_locked(cfg, rd, job_num)
+                return _train_locked(cfg, rd, job_num, procs)
             except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, nothing saved
                 _record(rd, cfg, Status.interrupted, "stopped at once by a second Ctrl-C; "
                                                      "resumes from its last periodic checkpoint")
@@ -38,7 +53,22 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
                 raise
     except RunBusy as e:
         log.info("%s (skipped)", e)
-        return {"status": "skipped", "message": str(e)}
+        return _decided(procs, {"status": "skipped", "message": str(e)})
+
+
+def _decided(procs: Processes, skipped: Optional[dict[str, Any]], ckpt: Optional[Checkpoint] = None) -> Any:
+    """Rank 0's decision, told to the other processes: ``skipped`` (what train() returns
+    for a run with nothing to train), or train from ``ckpt`` (None: from scratch)."""
+    return procs.shared((skipped, ckpt))[0]
+
+
+def _follow(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, Any]:
+    """Ranks > 0: train as rank 0 decided, from the checkpoint it read (the run directory
+    may be on rank 0's node only)."""
+    skipped, ckpt = procs.shared(None)
+    if skipped is not None:
+        return skipped
+    return Trainer(cfg, rd, job_num, procs).run(ckpt).to_dict()
 
 
 def failure_message(e: Exception, rd: RunDir) -> str:
@@ -68,7 +98,7 @@ def _record(rd: RunDir, cfg: Config, status: Status, message: str) -> None:
         pass  # a damaged summary stays for the user to see; a failed disk still gets the log line
 
 
-def _train_locked(cfg: Config, rd: RunDir, job_num: int) -> dict[str, Any]:
+def _train_locked(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, Any]:
     rd.remove_leftovers()
     if cfg.force:
         log.info("force=true: %s starts over", rd.path)
@@ -80,18 +110,20 @@ def _train_locked(cfg: Config, rd: RunDir, job_num: int) -> dict[str, Any]:
             raise NGTError(f"{rd.path} holds a finished run of another config ({'; '.join(changed[:3])})")
         log.info("run already %s at step %d: %s (skipped)", prior.status, prior.final_step, rd.path)
         _warn_if_other_code(prior, rd)
-        return {**prior.to_dict(), "skipped": True}
+        return _decided(procs, {**prior.to_dict(), "skipped": True})
     if not rd.last.exists():
         if prior is not None and prior.final_step > 0:
             raise NGTError(f"{rd.path} stands at step {prior.final_step} but has no {rd.last.name} to go on "
                            "from; force=true trains it again from the start")
-        return Trainer(cfg, rd, job_num).run(None).to_dict()
+        _decided(procs, None)
+        return Trainer(cfg, rd, job_num, procs).run(None).to_dict()
     ckpt = load_checkpoint(rd.last)
     changed = differences(ckpt.config, plain(cfg), RESUMABLE_KEYS)
     if changed:
         raise NGTError(f"{rd.path} holds a run with a different config ({'; '.join(changed[:3])}); "
                        "use another output directory to start a new run")
-    return Trainer(cfg, rd, job_num).run(ckpt).to_dict()
+    _decided(procs, None, ckpt)
+    return Trainer(cfg, rd, job_num, procs).run(ckpt).to_dict()
 
 
 def _done(prior: RunSummary, cfg: Config) -> bool:

@@ -1,4 +1,5 @@
-"""Where and how a model runs: the device, determinism, mixed precision and compilation.
+"""Where and how a model runs: the device, determinism, mixed precision, compilation, and
+the processes of a data-parallel run.
 
 Shared by everything that runs a model (``ngt.trainer``, ``ngt.bench``, ``ngt.generate``),
 so a benchmark times the step exactly as training runs it.
@@ -7,26 +8,151 @@ so a benchmark times the step exactly as training runs it.
 from __future__ import annotations
 
 import os
+import re
 import resource
-from contextlib import AbstractContextManager, nullcontext
-from typing import Optional
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator, Optional
 
 import torch
+import torch.distributed as dist
 
 from ngt.config import CompileMode, TrainConfig
-from ngt.errors import NGTError
+from ngt.errors import NGTError, RunFailed
 
 
-def pick_device(name: str, job_num: int = 0, setting: str = "train.device") -> torch.device:
+@dataclass(frozen=True)
+class Processes:
+    """The processes that train one run together, data-parallel (README, "Data-parallel
+    runs"), as torchrun sets them in the environment (ngt.screen does the same from
+    submitit's on Slurm): this process's ``rank`` of ``size``, and ``local_rank``, its GPU
+    on its node. A plain run is rank 0 of 1, and every method here is then a no-op."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Processes:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 alone writes the run directory; the others' state is its copy."""
+        return self.rank == 0
+
+    def check_split(self, t: TrainConfig) -> None:
+        if t.grad_accum % self.size:
+            raise NGTError(f"train.grad_accum={t.grad_accum} micro-batches cannot be split evenly over "
+                           f"{self.size} processes (WORLD_SIZE={self.size}): make train.grad_accum a multiple of it")
+
+    def micro_batches(self, n: int) -> range:
+        """Which of a step's ``n`` micro-batches this process trains on: rank 0 the last
+        share, which holds the step's repulsion term (ngt.step.Repulsion), the others the
+        shares before it in rank order. One process: all of them, in order."""
+        k = n // self.size
+        return range(n - k, n) if self.rank == 0 else range((self.rank - 1) * k, self.rank * k)
+
+    def join(self, device: torch.device, timeout_s: float) -> None:
+        """Join the run's process group (once per process: a grid's runs reuse it): gloo on
+        the CPU, NCCL on CUDA. A collective that waits longer than ``timeout_s`` fails."""
+        if self.size == 1 or dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        with communicating("joining the other processes"):
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the processes, in place."""
+        if self.size > 1:
+            with communicating("adding up the step's losses"):
+                dist.all_reduce(values)
+        return values
+
+    def gathered(self, mine: list[Any]) -> list[list[Any]]:
+        """Every process's ``mine``, by rank."""
+        if self.size == 1:
+            return [mine]
+        out: list[Any] = [None] * self.size
+        with communicating("gathering evaluation losses"):
+            dist.all_gather_object(out, mine)
+        return out
+
+    def shared(self, obj: Any) -> Any:
+        """Rank 0's ``obj``, on every process."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        with communicating("receiving rank 0's decision"):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            with communicating("waiting for the other processes"):
+                dist.barrier()
+
+
+class PeerFailed(RunFailed):
+    """A collective failed: another process of the run died, failed or stopped answering."""
+
+
+@contextmanager
+def communicating(what: str) -> Iterator[None]:
+    """Around a collective: its failure (gloo's RuntimeError, NCCL's DistBackendError, a
+    timeout) becomes one line saying that another process failed, not a traceback."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise  # this process's own failure
+    except RuntimeError as e:
+        # gloo's first sentence, without the source file it names: "Connection closed by peer [host]:port"
+        text = re.sub(r"^\[[^\]]*\] ", "", str(e).strip()).split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        raise PeerFailed(f"another process of this data-parallel run failed or stopped answering "
+                         f"({what}: {text[:200] or type(e).__name__})") from None
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device, some_unused: bool) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel, which averages the gradients over the
+    processes in backward. ``some_unused``: parameters that a forward may leave without a
+    gradient (NGT's last coordinate update feeds only the repulsion term), which DDP must
+    then look for at every forward."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=some_unused)
+
+
+def is_compiled(train_model: torch.nn.Module) -> bool:
+    return isinstance(train_model, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def no_sync(train_model: torch.nn.Module) -> AbstractContextManager:
+    """Gradients stay local (accumulated, not averaged) inside this context; nothing under
+    one process. ``train_model`` is a model, its DDP wrapper, or either compiled."""
+    inner = train_model._orig_mod if is_compiled(train_model) else train_model
+    return inner.no_sync() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+
+
+def pick_device(name: str, job_num: int = 0, setting: str = "train.device",
+                procs: Processes = Processes()) -> torch.device:
     """``auto``: CUDA when present. Jobs of a grid launched side by side on one node
     (submitit_local shows every job all GPUs) spread over the GPUs by job number; under
-    Slurm each job sees only its own GPU, so this is cuda:0 there."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", job_num % torch.cuda.device_count())
+    Slurm each job sees only its own GPU, so this is cuda:0 there. The processes of a
+    data-parallel run take one GPU each, cuda:LOCAL_RANK."""
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NGTError(f"{setting}={name} but CUDA is not available on this machine")
+    if procs.size > 1 and name in ("auto", "cuda"):
+        return torch.device("cuda", procs.local_rank)
+    if procs.size > 1 and name.startswith("cuda:"):
+        raise NGTError(f"{setting}={name} names one GPU, but each of the {procs.size} processes of a data-parallel "
+                       f"run takes its own (cuda:LOCAL_RANK): use {setting}=cuda or auto")
+    if name == "auto":
+        return torch.device("cuda", job_num % torch.cuda.device_count())
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise NGTError(f"{setting}={name} but this machine has {torch.cuda.device_count()} GPU(s)")

@@ -45,9 +45,22 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"{type(e).__name__}: {e} (traceback in {run_dir / 'traceback.txt'})"
         status = 2 if isinstance(e, NGTError) and not isinstance(e, RunFailed) else 1
     log.error("error: %s", message)
-    if multirun:  # let the other runs of the grid go on; the sweep reports the failure at its end
+    # Let the other runs of the grid go on; the sweep reports the failure at its end. Not in
+    # a data-parallel grid: its processes no longer stand at the same point of it.
+    if multirun and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return {"status": "failed", "message": message}
     sys.exit(status)
+
+
+# A data-parallel run's ranks > 0 leave the run directory to rank 0: no .hydra/, no run.log,
+# and no log lines but warnings and errors (on their stderr).
+QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+
+
+def quiet_rank(rank: int) -> list[str]:
+    """The overrides that keep a data-parallel run's rank > 0 out of the run directory: added
+    here under torchrun, and by hydra/launcher=slurm_ddp to its Slurm tasks."""
+    return QUIET_RANK if rank > 0 else []
 
 
 def continue_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], bool]:
@@ -125,6 +138,8 @@ def cli() -> None:
         if _runs_jobs(args):
             jobs = preflight(overrides, args.multirun, continuing, args.config_name or "config")
             os.environ[GRID_SIZE] = str(len(jobs))  # inherited by launched jobs, for "run k of n"
+        # torchrun's ranks > 0 (Slurm's get theirs in SlurmDataParallel)
+        overrides += quiet_rank(int(os.environ.get("RANK", 0)))
         sys.argv[1:] = [*flags, *overrides]  # flags first: Hydra's parser wants them before the overrides
         main()
 

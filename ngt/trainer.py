@@ -5,6 +5,12 @@ accumulation, clipping, AMP on CUDA, evaluation on fixed batches, repulsion ever
 ``repulsion_interval`` steps. Everything that influences the numbers is in the
 trainer's state, which is the checkpoint, so a killed run resumed from ``last.pt`` is
 the same run.
+
+Data-parallel (``torchrun``, or Slurm tasks; ``ngt.runtime.Processes``): every process
+holds the whole state and keeps it identical to rank 0's (the same batches drawn, the same
+averaged gradients, the same optimizer step), trains its share of each step's
+micro-batches, evaluates its share of the batches, and rank 0 alone writes the run
+directory. Only dropout differs between processes ("Dropout" in ``optimizer_step``).
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-from ngt.batches import check_fits, fixed_batches, full_pass, random_batch
+from ngt.batches import check_fits, fixed_batches, full_pass, random_starts, windows
 from ngt.checkpoint import save_checkpoint
 from ngt.config import NEUTRAL_KEYS, Arch, Config, from_plain, plain
 from ngt.data import load_token_data
@@ -30,8 +37,9 @@ from ngt.probes import ProbeSet, keep_probe_steps, record_probes
 from ngt.provenance import code_version
 from ngt.records import Checkpoint, RNGState, RunSummary, Status, finite_or_none, throughput
 from ngt.rundir import RunDir
-from ngt.runtime import (autocast, compile_mode, compile_model, device_name, grad_scaler, peak_memory_mb,
-                         pick_device, set_threads, use_deterministic)
+from ngt.runtime import (PeerFailed, Processes, autocast, communicating, compile_mode, compile_model, compiles,
+                         data_parallel, device_name, grad_scaler, peak_memory_mb, pick_device, set_threads,
+                         use_deterministic)
 from ngt.signals import StopRequest
 from ngt.step import Repulsion, make_optimizer, train_step
 
@@ -72,10 +80,10 @@ class TrainerState:
 class Trainer:
     """Holds a run's model, optimizer, data and state; ``run()`` trains it to the budget."""
 
-    def __init__(self, cfg: Config, rd: RunDir, job_num: int = 0):
-        self.cfg, self.rd = cfg, rd
+    def __init__(self, cfg: Config, rd: RunDir, job_num: int = 0, procs: Processes = Processes()):
+        self.cfg, self.rd, self.procs = cfg, rd, procs
         set_threads(cfg.train.threads)
-        self.device = pick_device(cfg.train.device, job_num)
+        self.device = pick_device(cfg.train.device, job_num, procs=procs)
         self.data = load_token_data(cfg.data)
         t = cfg.train
         check_fits(self.data.train, "train", t.batch_size, t.block_size)
@@ -84,8 +92,8 @@ class Trainer:
         use_deterministic(t)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, cfg.variant, self.vocab, self.device)
-        self.probes = ProbeSet.locate(cfg.probes.groups, self.data, t.block_size, cfg.probes.occurrences,
-                                      t.batch_size) if cfg.variant.arch == Arch.ngt and cfg.probes.groups else None
+        self.probes = ProbeSet.locate(cfg.probes.groups, self.data, t.block_size, cfg.probes.occurrences, t.batch_size) \
+            if cfg.variant.arch == Arch.ngt and cfg.probes.groups and procs.writes else None
         self.optimizer = make_optimizer(self.model, t)
         self.amp_ctx, self.amp_dtype = autocast(self.device, t.amp)
         self.scaler = grad_scaler(self.amp_dtype)
@@ -96,7 +104,7 @@ class Trainer:
         self.eval_val = fixed_batches(self.data.val, cfg.budget.eval_batches, t.batch_size, t.block_size, cfg.eval_seed)
         self.eval_train = fixed_batches(self.data.train, cfg.budget.eval_batches, t.batch_size, t.block_size,
                                         cfg.eval_seed + 1)
-        self.train_model = self.model  # compiled in run(), after any resume
+        self.train_model = self.model  # wrapped for data parallelism and compiled in run(), after any resume
         self.summary: Optional[RunSummary] = None
         self.writer = None
         self.saved_step: Optional[int] = None  # the step of checkpoints/last.pt
@@ -149,6 +157,8 @@ class Trainer:
                                        "budget_to": budget.name})
             log.info("continuing from step %d with max_steps %d -> %d", s.step, old_budget["max_steps"],
                      budget.max_steps)
+        if not self.procs.writes:
+            return None  # rank 0 says whether a row is missing (run())
         rows = [r for r in self.rd.read_metrics() if r["step"] <= s.step]
         self.rd.rewrite_metrics(rows)
         keep_probe_steps(self.rd.path, [r["step"] for r in rows])
@@ -158,7 +168,7 @@ class Trainer:
 
     def start_summary(self) -> RunSummary:
         cfg, params = self.cfg, matched_params(self.cfg.model, self.vocab)
-        compiled = self.train_model is not self.model
+        compiled = compiles(cfg.train, self.device)
         ngt = cfg.variant.arch == Arch.ngt
         return RunSummary.of_config(
             cfg, Status.running, final_step=self.state.step,
@@ -168,10 +178,14 @@ class Trainer:
             device=device_name(self.device), torch_version=torch.__version__, threads=torch.get_num_threads(),
             amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             schedule_changes=self.state.schedule_changes, resumed_at_steps=self.state.resumes,
-            code=code_version().to_dict(),
+            code=code_version().to_dict(), processes=self.procs.size,
         )
 
     def finish(self, status: Status, **extra: Any) -> RunSummary:
+        """The summary at the end of this launch, written (by rank 0: the others return theirs)."""
+        if not self.procs.writes:
+            self.summary.status, self.summary.final_step = status, self.state.step
+            return self.summary
         rows, s = self.rd.read_metrics(), self.state
         final = rows[-1] if rows else {}
         mem, mem_kind = peak_memory_mb(self.device)
@@ -192,18 +206,21 @@ class Trainer:
     def evaluate(self, schedule: Config) -> dict[str, Any]:
         """One row of metrics.jsonl, at the end of optimizer step ``state.step``; its lr is the
         one ``schedule`` gave that step."""
-        s, dev, amp = self.state, self.device, self.amp_ctx
+        s, dev, amp, procs = self.state, self.device, self.amp_ctx, self.procs
         return {
-            "step": s.step, "train/loss": mean_loss(self.model, self.eval_train, dev, amp),
-            "val/loss": mean_loss(self.model, self.eval_val, dev, amp), "repulsion/loss": s.last_rep,
+            "step": s.step, "train/loss": mean_loss(self.model, self.eval_train, dev, amp, procs),
+            "val/loss": mean_loss(self.model, self.eval_val, dev, amp, procs), "repulsion/loss": s.last_rep,
             "lr": lr_at(max(s.step - 1, 0), schedule), "grad_norm": s.last_grad_norm, "elapsed_s": s.elapsed,
-            "tokens": s.step * self.tokens_per_step, **diagnostics(self.model, self.eval_val[0][0], dev, amp),
+            "tokens": s.step * self.tokens_per_step,
+            **(diagnostics(self.model, self.eval_val[0][0], dev, amp) if procs.writes else {}),
         }
 
     def record_evaluation(self, schedule: Optional[Config] = None) -> dict[str, Any]:
         """Evaluate at step ``state.step`` and write the row: metrics.jsonl, TensorBoard, the log."""
         s, b = self.state, self.cfg.budget
         row = self.evaluate(schedule or self.cfg)
+        if not self.procs.writes:
+            return row
         if self.probes is not None:  # before the metrics row: a step with a row has its probes
             record_probes(self.rd.path, s.step, self.probes.measure(self.model, self.device), self.writer)
         self.rd.append_metrics(row)
@@ -218,10 +235,11 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """A checkpoint of finite parameters only: the last good one is never replaced by a
-        diverged one."""
+        diverged one. Every process checks (their parameters are the same); rank 0 writes."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise self.diverged(f"parameters are not finite after step {self.state.step}", self.state.step)
-        save_checkpoint(self.state_dict(), path)
+        if self.procs.writes:
+            save_checkpoint(self.state_dict(), path)
         if path == self.rd.last:
             self.saved_step = self.state.step
 
@@ -247,26 +265,35 @@ class Trainer:
         self.finish(Status.failed, message=msg, failed_step=step)
         return Diverged(msg)
 
-    def optimizer_step(self) -> float:
-        """One step of the recipe; returns its training loss. Raises Diverged on a
-        non-finite loss, having recorded the failure."""
-        cfg, s = self.cfg, self.state
+    def optimizer_step(self, stop: StopRequest) -> float:
+        """One step of the recipe; returns its training loss (over every process). Raises
+        Diverged on a non-finite loss, having recorded the failure. The processes of a
+        data-parallel run also agree on ``stop`` here."""
+        cfg, s, t, procs = self.cfg, self.state, self.cfg.train, self.procs
         t0 = time.perf_counter()
         lr = lr_at(s.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         every = cfg.variant.repulsion_interval if cfg.variant.arch == Arch.ngt else 0
-        with_rep = every > 0 and s.step % every == 0
-        t = cfg.train
-        batches = [random_batch(self.data.train, t.batch_size, t.block_size, self.data_gen)
-                   for _ in range(t.grad_accum)]
+        # Every process draws every micro-batch, so the data stream stays rank 0's, and
+        # cuts only its own share; the repulsion term is rank 0's, and its draws with it.
+        starts = [random_starts(self.data.train, t.batch_size, t.block_size, self.data_gen)
+                  for _ in range(t.grad_accum)]
+        batches = [windows(self.data.train, starts[i], t.block_size) for i in procs.micro_batches(t.grad_accum)]
         repulsion = Repulsion(cfg.variant.repulsion_weight, cfg.variant.repulsion_samples, self.rep_gen) \
-            if with_rep else None
-        result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, batches,
-                            t.grad_clip, repulsion)
+            if every > 0 and s.step % every == 0 and procs.writes else None
+        if procs.rank > 0:  # Dropout: see dropout_seed
+            torch.manual_seed(dropout_seed(cfg.seed, procs.rank, s.step))
+        try:
+            result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, batches,
+                                t.grad_clip, repulsion, procs, stop.votes())
+        except PeerFailed as e:
+            raise PeerFailed(f"{e}, in step {s.step + 1}") from None
+        if procs.size > 1:
+            stop.agree(result.votes)
         if not result.stepped:
             raise self.diverged(f"loss is {result.loss} at step {s.step + 1}", s.step + 1)
-        if with_rep:
+        if result.energy is not None:
             s.last_rep = float(result.energy)
         s.last_grad_norm = float(result.grad_norm)
         s.step += 1
@@ -276,10 +303,13 @@ class Trainer:
     def stop_for(self, stop: StopRequest) -> None:
         """Save at this step boundary and end as the signal asks (never returns)."""
         self.save(self.rd.last)
-        self.writer.close()
-        self.finish(Status.interrupted,
-                    message=f"stopped by {stop.signal_name} at step {self.state.step}; resumes from {self.rd.last}")
-        log.info("saved %s at step %d after %s", self.rd.last, self.state.step, stop.signal_name)
+        if self.procs.writes:
+            self.writer.close()
+            self.finish(Status.interrupted,
+                        message=f"stopped by {stop.signal_name} at step {self.state.step}; resumes from {self.rd.last}")
+            log.info("saved %s at step %d after %s", self.rd.last, self.state.step, stop.signal_name)
+        # None ends before rank 0 has saved: a launcher that sees one process end stops the others.
+        self.procs.barrier()
         stop.chain()  # the process ends as signalled (or submitit requeues it)
 
     def loop(self) -> None:
@@ -289,7 +319,7 @@ class Trainer:
         t_log, s_log = time.perf_counter(), s.step
         with StopRequest() as stop:
             while s.step < until:
-                loss = self.optimizer_step()
+                loss = self.optimizer_step(stop)
                 self.at_boundary()
                 if s.step % log_every == 0:
                     now = time.perf_counter()
@@ -299,29 +329,23 @@ class Trainer:
                              s.step, max_steps, loss, lr_at(s.step - 1, self.cfg), rate,
                              f"{rate * self.tokens_per_step:,.0f}", peak_memory_mb(self.device)[0], _hms(eta))
                     t_log, s_log = now, s.step
-                if stop.requested and s.step < until:
+                # One process: as soon as asked. Several: at the step they agreed on.
+                if (stop.requested if self.procs.size == 1 else stop.agreed) and s.step < until:
                     self.stop_for(stop)
 
     def run(self, ckpt: Optional[Checkpoint]) -> RunSummary:
         missing_row: Optional[Config] = None
         if ckpt is not None:
             missing_row = self.resume(ckpt)
-        else:  # a run that died before its first checkpoint starts over
+        elif self.procs.writes:  # a run that died before its first checkpoint starts over
             if self.rd.metrics.exists():
                 self.rd.rewrite_metrics([])
             keep_probe_steps(self.rd.path, [])
-        self.train_model = compile_model(self.model, self.cfg.train, self.device)
+        missing_row = self.procs.shared(missing_row)  # rank 0 read metrics.jsonl
+        self.train_model = compile_model(self.replicated(), self.cfg.train, self.device)
         self.summary = self.start_summary()
-        with needs_packages("the trainer (TensorBoard scalars in tb/)"):
-            from torch.utils.tensorboard import SummaryWriter
-
-        # A resumed run writes its events again from the step after its checkpoint (from the
-        # checkpoint's own step where that evaluation is made again).
-        purge = None if ckpt is None else self.state.step + (0 if missing_row is not None else 1)
-        self.writer = SummaryWriter(str(self.rd.tb), purge_step=purge)
-        self.write_hparams()
-        self.rd.write_summary(self.summary)
-        self.announce()
+        if self.procs.writes:
+            self.open_records(ckpt is not None, missing_row is not None)
         if ckpt is None:
             self.at_boundary()
         elif missing_row is not None:
@@ -329,11 +353,34 @@ class Trainer:
         try:
             self.loop()
         except Diverged:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             raise
         if self.state.step < self.cfg.budget.max_steps:
             return self.pause()
         return self.complete()
+
+    def replicated(self) -> torch.nn.Module:
+        """The model itself, or on several processes its DDP wrapper, which starts every
+        process from rank 0's parameters."""
+        if self.procs.size == 1:
+            return self.model
+        with communicating("replicating the model"):
+            # NGT's last coordinate update and a hard radius get no gradient from a plain forward.
+            return data_parallel(self.model, self.device, some_unused=self.cfg.variant.arch == Arch.ngt)
+
+    def open_records(self, resumed: bool, row_again: bool) -> None:
+        """TensorBoard's writer, the HParams row, the summary (running) and the first line."""
+        with needs_packages("the trainer (TensorBoard scalars in tb/)"):
+            from torch.utils.tensorboard import SummaryWriter
+
+        # A resumed run writes its events again from the step after its checkpoint (from the
+        # checkpoint's own step where that evaluation is made again).
+        purge = self.state.step + (0 if row_again else 1) if resumed else None
+        self.writer = SummaryWriter(str(self.rd.tb), purge_step=purge)
+        self.write_hparams()
+        self.rd.write_summary(self.summary)
+        self.announce()
 
     @property
     def until(self) -> int:
@@ -344,7 +391,8 @@ class Trainer:
     def pause(self) -> RunSummary:
         """At ``budget.stop_at``: saved, on the full budget's schedule, to go on when launched
         again with a later ``stop_at`` (a rung of successive halving) or none."""
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         summary = self.finish(Status.paused, message=f"paused at budget.stop_at={self.state.step}")
         log.info("paused at step %d of %d: %s", self.state.step, self.cfg.budget.max_steps, self.rd.path)
         return summary
@@ -354,8 +402,9 @@ class Trainer:
         sm, cfg = self.summary, self.cfg
         how = f"compiled ({sm.compile_mode})" if sm.compiled else "eager"
         start = f"from step {self.state.step}" if self.state.step else "from scratch"
+        on = f"{sm.device} x {self.procs.size} processes" if self.procs.size > 1 else sm.device
         log.info("run %s: %s, %s params, %s, attention %s, %s, %d steps of %s tokens, %s", self.rd.path,
-                 cfg.variant.name, f"{sm.params:,}", sm.device, sm.attn_impl, how, cfg.budget.max_steps,
+                 cfg.variant.name, f"{sm.params:,}", on, sm.attn_impl, how, cfg.budget.max_steps,
                  f"{self.tokens_per_step:,}", start)
         if sm.compiled:
             log.info("compiling the model: the first steps take longer")
@@ -374,9 +423,12 @@ class Trainer:
             batches = list(full_pass(self.data.val, t.batch_size, t.block_size))
             tokens = sum(y.numel() for _, y in batches)
             log.info("full validation pass over %s tokens (%d batches)", f"{tokens:,}", len(batches))
-            extra["val_loss_full"] = mean_loss(self.model, batches, self.device, self.amp_ctx)
+            extra["val_loss_full"] = mean_loss(self.model, batches, self.device, self.amp_ctx, self.procs)
             extra["val_loss_full_tokens"] = tokens
             log.info("full validation pass: loss %.4f over %d tokens", extra["val_loss_full"], tokens)
+        if not self.procs.writes:
+            return self.finish(Status.completed)
+        if t.full_val:
             self.writer.add_scalar("hparam/val_loss_full", extra["val_loss_full"], s.step)
         summary = self.finish(Status.completed, **extra)
         project_coords(self.writer, self.model, self.data, t.block_size, self.device, s.step)
@@ -385,6 +437,15 @@ class Trainer:
         log.info("done: val loss %.4f at step %d (best %.4f at step %s)%s; %s", summary.val_loss_final,
                  s.step, summary.val_loss_best or math.nan, summary.best_step, full, self.rd.path)
         return summary
+
+
+def dropout_seed(seed: int, rank: int, step: int) -> int:
+    """Dropout of a data-parallel run: rank 0 draws its masks from the run's own stream
+    (torch's generator, seeded with ``seed`` and kept in the checkpoint), as one process
+    does; every other rank needs masks of its own, and draws each step's from a seed made
+    of (seed, rank, step), so that they need no place in the checkpoint and a resumed
+    run draws them again."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

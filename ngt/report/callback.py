@@ -10,6 +10,7 @@ e.g. a killed Slurm job, ``python -m ngt.report DIR`` writes the same report by 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -38,6 +39,8 @@ def _print_comparison(report) -> None:
 
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", 0)) > 0:  # a grid of data-parallel runs under torchrun: rank 0 reports
+            return
         from ngt.report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -1,0 +1,1 @@
+"""ngt's data-parallel Slurm launcher, where Hydra finds launcher plugins."""
