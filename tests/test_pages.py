@@ -173,8 +173,10 @@ def check_page(seen: dict, where: str, shot: Path) -> None:
 def check_headline(points: list[dict], summary: str) -> None:
     """Each point of the headline is the Summary's line for that variant: its Δ and its verdict."""
     answer = summary[summary.index("## Answer"):summary.index("At equal training time")]
-    # '- ngt_default vs baseline [group]: +0.0094 [...], indistinguishable; ...': the point is named 'ngt_default [group]'
-    lines = {m[1] + (m[2] or ""): m[3] for m in re.finditer(r"^- (.*?) vs baseline( \[.*?\])?: (.*)$", answer, re.M)}
+    # '- ngt_default vs baseline [group] at step 10: +0.0094 [...], indistinguishable; ...': the point is named
+    # 'ngt_default (step 10) [group]'; ' at step' only where the variant stopped before the comparison step
+    lines = {m[1] + (f" (step {m[3]})" if m[3] else "") + (m[2] or ""): m[4]
+             for m in re.finditer(r"^- (.*?) vs baseline( \[.*?\])?(?: at step (\d+))?: (.*)$", answer, re.M)}
     drawn = [(y, x, words) for trace in points for y, x, words in zip(trace["y"], trace["x"], trace["text"])]
     assert sorted(y for y, _, _ in drawn) == sorted(y for y, rest in lines.items() if "not compared" not in rest)
     for y, x, words in drawn:

@@ -39,6 +39,8 @@ DIFFS = {
     "soft_cutoff": {1: -0.010},  # one seed: directional
 }
 WELCH_FINALS = {4: 2.99, 5: 3.03, 6: 3.01}  # bare, on seeds the baseline does not have: unpaired
+# repulsion_interval_8 paused at step 20 (a halving sweep's first rung), worse than the baseline there by these
+PAUSED = {1: +0.020, 2: +0.025, 3: +0.015}
 SECONDS_PER_STEP = {"ngt_default": 0.15}  # slower per step than the rest (0.1)
 _BUILT: dict = {}
 
@@ -85,6 +87,9 @@ def constructed_sweep(root: Path) -> Path:
                       seconds_per_step=SECONDS_PER_STEP.get(variant, 0.1))
     for seed, final in WELCH_FINALS.items():
         write_run(sweep / f"bare-{seed}", "bare", seed, val_curve(final))
+    for seed, d in PAUSED.items():
+        write_run(sweep / f"repulsion_interval_8-{seed}", "repulsion_interval_8", seed, val_curve(BASE[seed] + d)[:3],
+                  status=Status.paused)
     _BUILT["sweep"] = sweep
     _BUILT["report"] = write_report([sweep], sweep)
     return sweep
@@ -153,6 +158,17 @@ def test_one_seed_is_directional_never_a_verdict(built):
     assert compare.line(r) == "soft_cutoff vs baseline: -0.0100, one seed: directional (better)"
 
 
+def test_a_variant_stopped_early_is_compared_where_it_stopped(built):
+    _, a = built
+    r = row(a.vs_baseline, "repulsion_interval_8")
+    # at step 20 both curves are 0.5 above their final loss: the paired differences are PAUSED's
+    want = paired_by_hand(list(PAUSED.values()))
+    assert r["stopped_at"] == 20 and r["method"] == "paired" and r["verdict"] == "beyond noise"
+    assert [r["delta"], r["low"], r["high"]] == pytest.approx([want["delta"], want["low"], want["high"]], rel=1e-4)
+    assert compare.line(r).startswith(f"repulsion_interval_8 vs baseline at step 20: {want['delta']:+.4f} [")
+    assert "did not reach step 40" in row(a.vs_baseline_time, "repulsion_interval_8")["missing"]
+
+
 def answer_lines(md: str) -> list[str]:
     """The bullet lines of Summary.md's first section, up to the equal-time ones."""
     section = md[md.index("## Answer"):md.index("\n## Runs")]
@@ -164,7 +180,7 @@ def test_summary_answers_first_in_one_line_per_variant(built):
     md = (sweep / "Summary.md").read_text()
     assert md.index("## Answer") < md.index("## Runs") < md.index("## 1. Fixed-step comparison")
     lines = answer_lines(md)
-    assert len(lines) == 6  # every variant but the baseline
+    assert len(lines) == 7  # every variant but the baseline
     want = paired_by_hand(list(DIFFS["ngt_default"].values()))
     assert (f"ngt_default vs baseline: {want['delta']:+.4f} [{want['low']:+.4f}, {want['high']:+.4f}], beyond noise "
             "(better); 3 paired seeds, P(better) 1.00") in lines
@@ -183,10 +199,12 @@ def test_headline_values_are_the_summarys(built):
             for y, x, plus, minus, words in zip(trace.y, trace.x, trace.error_x.array, trace.error_x.arrayminus,
                                                 trace.text):
                 shown[y] = (x, x - minus, x + plus, words)
-    lines = answer_lines((sweep / "Summary.md").read_text())
-    assert sorted(shown) == sorted(x.split(" vs ")[0] for x in lines)
-    for x in lines:
-        name, rest = x.split(" vs baseline: ")
+    # 'X vs baseline at step 20: ...' is the point named 'X (step 20)'
+    lines = {m[1] + (f" (step {m[2]})" if m[2] else ""): m[3]
+             for m in (re.match(r"(.*?) vs baseline(?: at step (\d+))?: (.*)", x) for x in
+                       answer_lines((sweep / "Summary.md").read_text()))}
+    assert sorted(shown) == sorted(lines)
+    for name, rest in lines.items():
         delta, low, high, words = shown[name]
         if "one seed" in rest:
             assert rest == f"{delta:+.4f}, {words}"
@@ -229,7 +247,8 @@ def test_results_csv_keeps_one_row_per_run_with_the_comparison_columns(built):
     sweep, a = built
     csv = pd.read_csv(sweep / "results.csv").set_index("run")
     assert len(csv) == len(list(sweep.glob("*/summary.json")))
-    assert (csv["comparison_step"] == 40).all() and csv["lr_chosen"].all()
+    assert (csv["comparison_step"] == 40).all()
+    assert csv["lr_chosen"].to_dict() == (csv["status"] == "completed").to_dict()  # paused: no best lr at step 40
     assert csv.at["ngt_default-1", "val_loss_at_step"] == pytest.approx(BASE[1] + DIFFS["ngt_default"][1])
     assert csv.at["ngt_default-1", "equal_time_s"] == pytest.approx(4.0)
     assert csv.at["ngt_default-1", "time_to_baseline_s"] == pytest.approx(40 * (1 - 0.05) * 0.15)

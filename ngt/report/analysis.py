@@ -7,7 +7,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ngt.report import compare, curves, tables
+from ngt.report import compare, curves, stopped, tables
 from ngt.report.equal_time import EqualTime, equal_time
 from ngt.report.idle import idle_parameters
 from ngt.report.load import Sweep
@@ -95,7 +95,9 @@ def analyse(sweep: Sweep, window: Optional[list[int]] = None) -> Analysis:
     return Analysis(
         sweep=sweep, results=_per_run(res, at, time, chosen), at=at, window=used, window_given=window is not None,
         speeds=speeds, params=tables.params_table(res), seeds=tables.seed_table(at),
-        vs_baseline=compare.vs_baseline(_values(at.table, "val_loss"), res, reached), time=time,
+        vs_baseline=stopped.fill(compare.vs_baseline(_values(at.table, "val_loss"), res, reached), sweep.metrics,
+                                 res, at),
+        time=time,
         vs_baseline_time=compare.vs_baseline(_values(time.table, "val_loss_at_time"), res, reached),
         same=curves.same_curves(sweep.metrics, res), idle=idle_parameters(sweep),
         ablations=compare.ablations(_values(at.table, "val_loss"), res, reached,

@@ -28,8 +28,9 @@ ABLATIONS = [
     ("ngt_default", "repulsion_interval_8", "Is repulsion every 8 steps as good as every step?"),
 ]
 
+# stopped_at: the step of the comparison where the variant stopped before the comparison step (ngt.report.stopped)
 COLUMNS = ["group", "reference", "other", "lr_ref", "lr_other", "delta", "low", "high", "n", "method", "p_better",
-           "mde", "verdict", "direction", "missing"]
+           "mde", "verdict", "direction", "missing", "stopped_at"]
 
 
 def pair_row(values: pd.DataFrame, present: set, group: str, ref: str, other: str, reached: str) -> dict:
@@ -60,6 +61,7 @@ def _frame(rows: list[dict], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     for col in ("lr_ref", "lr_other", "delta", "low", "high", "p_better", "mde"):
         t[col] = t[col].astype(float)
     t["n"] = t["n"].astype("Int64")
+    t["stopped_at"] = t["stopped_at"].astype("Int64")
     return t
 
 
@@ -100,6 +102,12 @@ def named(r: pd.Series, side: str, tuned: frozenset = frozenset()) -> str:
     return r[side] + (f" (lr {lr:.3g})" if shown else "")
 
 
+def variant(r: pd.Series, tuned: frozenset = frozenset()) -> str:
+    """The compared variant of a vs-baseline row as a table or a picture names it: its rate
+    where it tried several, and its step where it stopped before the comparison step."""
+    return named(r, "other", tuned) + (f" (step {r['stopped_at']})" if pd.notna(r["stopped_at"]) else "")
+
+
 def verdict_words(r: pd.Series) -> str:
     """'beyond noise (worse)', 'indistinguishable' or 'one seed: directional (better)'."""
     if r["method"] == ONE_SEED:
@@ -112,7 +120,8 @@ def line(r: pd.Series, group_label: str = "", tuned: frozenset = frozenset()) ->
     seeds, P(better) 0.00', as every document writes the comparison. ``tuned``: see ``named``;
     ``group_label``: the group, where there are several."""
     where = f" [{group_label}]" if group_label else ""
-    head = f"{named(r, 'other', tuned)} vs {named(r, 'reference', tuned)}{where}: "
+    at = f" at step {r['stopped_at']}" if pd.notna(r.get("stopped_at")) else ""
+    head = f"{named(r, 'other', tuned)} vs {named(r, 'reference', tuned)}{where}{at}: "
     if isinstance(r["missing"], str):
         return head + f"not compared ({r['missing']})"
     if r["method"] == ONE_SEED:

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ngt.report.analysis import Analysis
-from ngt.report.compare import line, named, verdict_words
+from ngt.report.compare import line, variant, verdict_words
 from ngt.report.curves import difference_curves
 from ngt.report.plots import colours
 from ngt.report.stats import BEYOND, ONE_SEED
@@ -27,7 +27,7 @@ def headline_rows(a: Analysis, t: pd.DataFrame) -> pd.DataFrame:
     y label), ``words`` (the verdict as Summary.md says it) and ``hover`` (its whole line)."""
     t = t[t["missing"].isna()]
     labels = a.group_labels()
-    shown = a.with_group([named(r, "other", a.tuned) for _, r in t.iterrows()], t["group"])
+    shown = a.with_group([variant(r, a.tuned) for _, r in t.iterrows()], t["group"])
     return t.assign(shown=shown, words=[verdict_words(r) for _, r in t.iterrows()],
                     hover=[line(r, labels.get(r["group"], ""), a.tuned) for _, r in t.iterrows()])
 

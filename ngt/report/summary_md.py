@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ngt.report.analysis import Analysis
+from ngt.report.compare import variant
 from ngt.report.curves import same_note
 from ngt.report.markdown import integer, num, percent, ratio, signed, table, text
 from ngt.report.stats import LEVEL, POWER
@@ -28,7 +29,9 @@ def answer(a: Analysis) -> str:
     out = [head + f"Each variant against the baseline of its group in validation loss at step **{a.at.step}**{best}, "
            "paired by seed: the difference (negative: the variant is lower, i.e. better) with its 95% interval. "
            "**beyond noise**: the interval excludes 0; **indistinguishable**: it does not, at these seeds; "
-           "**directional**: one seed, so no interval and no verdict.\n"]
+           "**directional**: one seed, so no interval and no verdict. A variant that stopped before that step (a "
+           "halving sweep's rung, a run still going) is compared at the last step it and the baseline both "
+           "evaluated, named in its line.\n"]
     out += [f"- {x}" for x in a.verdict_lines()]
     out.append(f"\nAt equal training time ({a.equal_times()}, the longest every compared run reached; section 1):\n")
     out += [f"- {x}" for x in a.verdict_lines(at_time=True)]
@@ -166,7 +169,7 @@ def _paired(a: Analysis) -> str:
     if t.empty:
         return ""
     t = t.assign(ci=[f"[{lo:+.4f}, {hi:+.4f}]" if lo == lo else "n/a" for lo, hi in zip(t["low"], t["high"])],
-                 pair=_shown(a, t, "other"))
+                 pair=a.with_group([variant(r, a.tuned) for _, r in t.iterrows()], t["group"]))
     return (f"Against the baseline: runs with the same seed, data_seed and eval_seed are a pair (the same batches "
             f"and evaluation tokens); Δ is the mean paired difference, with a {LEVEL:.0%} t interval on the "
             "paired differences (Welch's on the two sides where seeds are not shared). P(better): bootstrap "

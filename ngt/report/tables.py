@@ -26,7 +26,7 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss is not None and math.isfinite(loss) and loss < 700 else math.nan
 
 
-def _val(metrics: pd.DataFrame) -> pd.DataFrame:
+def val_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     """Evaluations with a finite validation loss (a diverged evaluation is recorded as null)."""
     if "val/loss" not in metrics:
         return metrics.iloc[:0]
@@ -46,7 +46,7 @@ def results(sweep: Sweep, window: Optional[list[int]] = None) -> pd.DataFrame:
     runs, out = sweep.runs, []
     for run, r in runs.iterrows():
         m = sweep.metrics[sweep.metrics["run"] == run]
-        v = _val(m)
+        v = val_rows(m)
         last = m.iloc[-1] if len(m) else None
         best = v.loc[v["val/loss"].idxmin()] if len(v) else None
         rate = _rate(m, list(window or []), r["tokens_per_step"])
@@ -85,7 +85,7 @@ def common_step(sweep: Sweep) -> Optional[int]:
     """The largest step at which every completed run has a validation loss (every run with
     an evaluation when none completed): partial and failed runs must not drag the
     comparison back to step 0; they join it when they reached that step too."""
-    v = _val(sweep.metrics)
+    v = val_rows(sweep.metrics)
     completed = sweep.runs.index[sweep.runs["status"] == "completed"]
     pool = [r for r in completed if r in set(v["run"])] or list(v["run"].unique())
     if not pool:
@@ -114,7 +114,7 @@ def by_pair(runs: pd.DataFrame, column: str) -> dict:
 
 
 def at_step(sweep: Sweep, res: pd.DataFrame, step: Optional[int]) -> AtStep:
-    v = _val(sweep.metrics)
+    v = val_rows(sweep.metrics)
     rows = v[v["step"] == step] if step is not None else v.iloc[:0]
     here = rows.set_index("run").reindex(columns=["val/loss", "elapsed_s"])  # both, even where nothing was evaluated
     base = res[["group", "label", "name", "status", "lr", *PAIR, "last_eval_step"]]
