@@ -1,8 +1,9 @@
-"""A two-run sweep through a real Slurm cluster, one run preempted, one requeued mid-run.
+"""A two-run sweep through a real Slurm cluster, one run preempted, one requeued mid-run;
+and a data-parallel run over a job's two tasks, preempted and requeued.
 
 The cluster is the project's own (scripts/local_slurm.sh): started here when it is not
-up, and stopped again afterwards. Both runs must finish with the very numbers of the
-same sweep run uninterrupted on this machine.
+up, and stopped again afterwards. Every run must finish with the very numbers of the
+same run trained uninterrupted on this machine.
 """
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, numbers
+from test_ddp import ddp_args, torchrun
 
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 NOT_INSTALLABLE = 4  # the script's exit status when Slurm's packages cannot be installed
@@ -92,3 +94,47 @@ def test_preempted_and_requeued_runs_resume_to_the_same_numbers(slurm_env, small
         assert summary["status"] == "completed" and 0 < summary["resumed_at_steps"][0] < 60, summary
         assert f"after {sent}" in (run / "run.log").read_text()
         assert numbers(run) == numbers(ref_dir / run.name), variant
+
+
+def test_a_data_parallel_job_preempted_and_requeued_resumes_to_the_same_numbers(slurm_env, small_corpus, tmp_path):
+    # Long enough (about 2 s of steps) for the signal to land mid-run.
+    args = [*ddp_args(small_corpus), "variant=ngt_default", "budget.max_steps=100", "budget.eval_every=10",
+            "budget.checkpoint_every=10"]
+    slurm_dir, log, run = tmp_path / "slurm", tmp_path / "sweep.log", None
+    # One job, two tasks (one per CPU of the node), each one process of the run.
+    launcher = ["hydra/launcher=slurm_ddp", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=2", f"hydra.sweep.dir={slurm_dir}"]
+    with log.open("w") as out:
+        sweep = subprocess.Popen([sys.executable, "-m", "ngt.screen", "-m", *args, *launcher], cwd=tmp_path,
+                                 env=slurm_env, stdout=out, stderr=subprocess.STDOUT)
+    reference = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and sweep.poll() is None and reference is None:
+            run = next(slurm_dir.glob("*/metrics.jsonl"), None)
+            if run is not None and evaluations(run.parent) >= 3:
+                job = next(p for p in slurm_dir.glob(".submitit/*") if p.is_dir())  # one job: no array
+                # To both tasks. Unchecked: scancel may report that the job it signalled is already
+                # being requeued (rank 0's answer to the signal); the run's log says whether it landed.
+                subprocess.run(["scancel", "--signal=USR2", job.name], env=slurm_env)
+                # While the job waits to be started again.
+                reference = subprocess.Popen(torchrun(*args, f"hydra.run.dir={tmp_path / 'ref'}"), cwd=tmp_path,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.05)
+        assert reference is not None, f"no progress to interrupt in time:\n{log.read_text()[-3000:]}"
+        assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]
+        assert reference.wait(timeout=600) == 0
+    finally:
+        if sweep.poll() is None:
+            for job in slurm_dir.glob(".submitit/*"):
+                if job.is_dir():
+                    subprocess.run(["scancel", job.name], env=slurm_env)
+        for proc in (sweep, reference):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    run = run.parent
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["processes"] == 2, summary
+    assert 0 < summary["resumed_at_steps"][0] < 100 and "after SIGUSR2" in (run / "run.log").read_text()
+    assert numbers(run) == numbers(tmp_path / "ref")
