@@ -65,6 +65,9 @@ def test_a_halving_sweep_trains_the_best_to_the_end_and_records_why(reference):
     assert d["steps_trained"] == 6 * 1 + 4 * 2 + 4 * 6 and d["steps_full_grid"] == 6 * 9
     survivor = next(k for k in d["rungs"][-1]["kept"] if k != "variant=baseline").split("=")[1]
     loser = ({"ngt_default", "mass_in_value"} - {survivor}).pop()
+    summary = (reference / "Summary.md").read_text()  # the report shows the rungs, and a verdict for the loser
+    assert "## Successive halving" in summary and f"variant={loser} | " in summary and "stopped at step 1" in summary
+    assert f"{loser} vs baseline at step 1:" in summary
     for seed in (1, 2):
         done = json.loads((reference / f"seed={seed},variant={survivor}" / "summary.json").read_text())
         stopped = json.loads((reference / f"seed={seed},variant={loser}" / "summary.json").read_text())

@@ -5,46 +5,14 @@ Summary.md, report.md, index.html and Plotly pages in plots/ out.
     write_report([sweep_dir], out=sweep_dir)           # the same, from Python
 """
 
-from __future__ import annotations
-
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Optional
-
-import pandas as pd
-
-from ngt.report import report_md, summary_md, tables
-from ngt.report.analysis import Analysis, analyse
-from ngt.report.load import load_runs
-from ngt.report.pages import Pages, write_pages
-
-log = logging.getLogger("ngt.report")
-
-
-@dataclass(frozen=True)
-class Report:
-    out: Path
-    analysis: Analysis
-    pages: Pages
-
-    @property
-    def runs(self) -> pd.DataFrame:
-        return self.analysis.results
-
-
-def write_report(dirs: Iterable[Path], out: Path, window: Optional[list[int]] = None) -> Report:
-    dirs = [Path(d) for d in dirs]
-    out = Path(out)
-    sweep = load_runs(dirs, out)  # first: a mistyped directory must fail, not be created as ``out``
-    out.mkdir(parents=True, exist_ok=True)
-    a = analyse(sweep, window)
-    title = dirs[0].resolve().name if len(dirs) == 1 else f"{len(dirs)} directories"
-    a.results[tables.csv_columns(sweep)].to_csv(out / "results.csv", index=False)
-    (out / "Summary.md").write_text(summary_md.render(a, title), encoding="utf-8")
-    (out / "report.md").write_text(report_md.render(a, title), encoding="utf-8")
-    pages = write_pages(a, out, title)
-    return Report(out, a, pages)
-
-
 __all__ = ["write_report", "Report"]
+
+
+def __getattr__(name: str):
+    # The report's packages (pandas, plotly, scipy) load only when the report is written, so
+    # that the callback and ``python -m ngt.report`` can name a missing one in one line.
+    if name in __all__:
+        from ngt.report import write
+
+        return getattr(write, name)
+    raise AttributeError(f"module 'ngt.report' has no attribute {name!r}")

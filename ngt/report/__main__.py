@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ngt.errors import NGTError
+from ngt.errors import NGTError, needs_packages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out is required with several directories")
     if args.window and args.window[0] >= args.window[1]:
         p.error(f"--window {args.window[0]} {args.window[1]}: A must be below B")
-    from ngt.report import write_report  # torch and plotly load after the arguments are known to be valid
-
     try:
+        with needs_packages("the report"):  # torch and plotly load after the arguments are known to be valid
+            from ngt.report import write_report
         report = write_report(args.dirs, args.out or args.dirs[0], args.window)
     except NGTError as e:
         print(f"error: {e}", file=sys.stderr)

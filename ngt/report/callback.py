@@ -19,32 +19,28 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ngt.errors import NGTError
+from ngt.errors import NGTError, needs_packages
 
 log = logging.getLogger("ngt.report")
 TRACEBACK = "report-traceback.txt"
 
 
-def _print_comparison(report) -> None:
-    """The fixed-step comparison, on the console where the grid ran."""
-    at = report.analysis.at
-    if at.step is None or at.table.empty:
-        return
-    log.info("validation loss at step %d (Δ to the baseline of the same group):", at.step)
-    width = max(len(n) for n in at.table["name"])
-    for _, r in at.table.iterrows():
-        delta = f"{r['delta']:+.4f}" if r["delta"] == r["delta"] else "n/a"  # NaN: no baseline in its group
-        log.info("  %s  %.4f  %s", r["name"].ljust(width), r["val_loss"], delta)
+def _print_answer(report) -> None:
+    """Each variant against the baseline, as Summary.md's answer says it, on the console where
+    the grid ran."""
+    for at_time in (False, True):
+        for line in report.analysis.verdict_lines(at_time=at_time):
+            log.info("%s%s", "at equal training time: " if at_time else "", line)
 
 
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", 0)) > 0:  # a grid of data-parallel runs under torchrun: rank 0 reports
             return
-        from ngt.report import write_report
-
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
+            with needs_packages("the report"):  # pandas, plotly, scipy: a bundle may lack one
+                from ngt.report import write_report
             report = write_report([sweep_dir], sweep_dir)
         except Exception as e:  # the runs are done and saved: one line on how to get their report instead
             why = str(e) if isinstance(e, NGTError) else f"{type(e).__name__}: {e}"
@@ -54,9 +50,9 @@ class ReportCallback(Callback):
             log.error("the report could not be written: %s; once fixed: python -m ngt.report %s", why, sweep_dir)
             sys.exit(1)
         runs = report.runs
-        _print_comparison(report)
+        _print_answer(report)
         log.info("report: %s (Summary.md, report.md, results.csv beside it)", report.pages.index)
-        unfinished = runs[~runs["status"].isin(["completed", "failed"])]
+        unfinished = runs[~runs["status"].isin(["completed", "failed", "paused"])]  # paused: a halving rung
         for _, r in unfinished.iterrows():
             log.warning("run %s is %s at step %s: %s", r["name"], r["status"], r["final_step"], r["path"])
         failed = runs[runs["status"] == "failed"]

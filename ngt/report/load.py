@@ -17,11 +17,13 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 import yaml
 
+from ngt.config import is_neutral
 from ngt.errors import NGTError
 from ngt.records import RunSummary
 from ngt.rundir import METRICS, SUMMARY, RunDir
 from ngt.naming import sweep_dir_overrides
 from ngt.provenance import CodeVersion
+from ngt.report import rungs
 
 # What the trainer measured, copied from summary.json into each run's row.
 MEASURED = ("params", "val_loss_full", "tokens_per_step", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl",
@@ -41,6 +43,7 @@ class Sweep:
     metrics: pd.DataFrame  # one row per evaluation: run, step, train/loss, val/loss, ...
     override_keys: list[str]  # the override columns of ``runs``, in first-seen order
     sweep_commands: list[str]  # ``python -m ngt.screen -m ...``, the last launch into each sweep directory
+    halving: Optional[dict[str, Any]] = None  # a halving sweep's decisions (halving.json), ngt.report.rungs
 
 
 def is_run_dir(path: Path) -> bool:
@@ -224,8 +227,9 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
     for row, items in zip(rows, items_per_run):
         label_parts = [f"{k}={v}" for k, v in items.items() if k.startswith("variant.")]
         row["label"] = row["variant"] + (f"[{','.join(label_parts)}]" if label_parts else "")
-        group = {k: v for k, v in items.items()
-                 if k not in LABEL_KEYS + REPLICATE_KEYS + TUNED_KEYS and not k.startswith("variant.")}
+        # Neutral settings (where a run went, budget.stop_at of a halving rung) group nothing.
+        group = {k: v for k, v in items.items() if k not in LABEL_KEYS + REPLICATE_KEYS + TUNED_KEYS
+                 and not k.startswith("variant.") and not is_neutral(k)}
         row["group"] = ",".join(f"{k}={v}" for k, v in sorted(group.items()))
         row["_group_items"] = group
         row.update({k: items.get(k) for k in override_keys})
@@ -243,8 +247,9 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
         if col != "run":
             metrics[col] = pd.to_numeric(metrics[col], errors="coerce")  # null (diverged) -> NaN
     # A sweep's multirun.yaml sits beside its runs, also when a parent of several sweeps was given.
-    commands = sorted({c for d in {*paths, *(p.parent for p in found)} for c in [_sweep_command(d)] if c})
-    return Sweep(runs, metrics, override_keys, commands)
+    sweep_dirs = sorted({*paths, *(p.parent for p in found)})
+    commands = sorted({c for d in sweep_dirs for c in [_sweep_command(d)] if c})
+    return Sweep(runs, metrics, override_keys, commands, rungs.read(sweep_dirs))
 
 
 def _group_labels(groups: pd.Series) -> list[str]:

@@ -13,14 +13,14 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from ngt.errors import NGTError
-from ngt.report import headline, index_page, plots
+from ngt.report import headline, index_page, plots, rungs
+from ngt.report.probes_page import PLOTLY_JS, write_probe_page
 from ngt.report.analysis import Analysis
 from ngt.report.coords import ValidationSamples, run_coords
 from ngt.report.curves import same_note
 
 log = logging.getLogger("ngt.report")
 
-PLOTLY_JS = "plotly.min.js"
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}"
           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
           ".note{color:#555}" + index_page.STYLE)
@@ -85,7 +85,7 @@ def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure |
     links = "".join(f'<li><a href="plots/{p.name}">{html.escape(p.stem)}</a></li>' for p in pages.plots)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in pages.notes)
     counts = ", ".join(f"{n} {s}" for s, n in a.results["status"].value_counts().items())
-    body = (index_page.title_block(a, title) + _answer(a)
+    body = (index_page.title_block(a, title) + _answer(a) + rungs.html_section(a.sweep.halving)
             + f"<p>{len(a.results)} runs: {counts}. "
             '<a href="Summary.md">Summary.md</a> · <a href="report.md">report.md</a> · '
             f'<a href="results.csv">results.csv</a></p><h2>Plots</h2><ul>{links}</ul>'
@@ -116,6 +116,9 @@ def write_pages(a: Analysis, out: Path, title: str) -> Pages:
     if (a.results["arch"] == "ngt").any() and any(c.startswith("ngt/L") for c in a.sweep.metrics.columns):
         pages.plots.append(_write(plot_dir / "diagnostics.html", "NGT diagnostics", plots.diagnostics(a)))
     _coords_pages(a, plot_dir, pages)
+    probes = write_probe_page(a.results, out)
+    if probes is not None:
+        pages.plots.append(probes)
     _index(a, out, pages, title, losses)
     for note in pages.notes:
         log.info("report: %s", note)

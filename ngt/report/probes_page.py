@@ -29,7 +29,7 @@ from ngt.probes import group_distances, read_probes
 from ngt.report.coords import pca3
 
 PAGE = "probes.html"
-PLOTLY_JS = "plotly.min.js"  # where the report's pages load plotly.js from, in plots/
+PLOTLY_JS = "plotly.min.js"  # where the report's pages load plotly.js from, in plots/ (ngt.report.pages uses it)
 _SYMBOLS = ("circle", "square", "diamond", "cross", "triangle-up", "x", "star", "hexagon")
 _COLUMNS = 3  # distance panels per row
 _ABOUT = (
