@@ -12,13 +12,14 @@ import statistics
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence, get_type_hints
 
 import torch
 import torch.nn as nn
 
+from ngt.config import setting
 from ngt.data import Tokenizer
 from ngt.errors import NGTError
 from ngt.rundir import RunDir
@@ -27,27 +28,23 @@ from ngt.runtime import pick_device
 from ngt.trained import load_trained
 
 
-def _arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class GenerateConfig:
-    run: str = _arg("", "run directory (outputs/runs/...) or a checkpoint file")
-    checkpoint: str = _arg("best", "in a run directory: best | last")
-    prompt: str = _arg("\n", "text to continue")
-    max_new_tokens: int = _arg(200, "tokens to generate per sample")
-    temperature: float = _arg(0.8, "0 = greedy")
-    top_k: int = _arg(0, "keep the k most likely tokens; 0 = all")
-    top_p: float = _arg(1.0, "keep the smallest set of tokens with this probability; 1 = all")
-    seed: int = _arg(0, "seed of the sampling generator")
-    num_samples: int = _arg(1, "samples per prompt")
-    interactive: bool = _arg(False, "keep reading prompts from the terminal")
-    cache: bool = _arg(True, "false: recompute the whole window for every token (slow; for checking)")
-    device: str = _arg("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _arg(0, "CPU threads for torch; 0 = torch's default")
-    bench: bool = _arg(False, "time cached against recomputed greedy decoding of max_new_tokens tokens")
-    bench_repeats: int = _arg(3, "runs of each in the benchmark")
+    run: str = setting("", "run directory (outputs/runs/...) or a checkpoint file")
+    checkpoint: str = setting("best", "in a run directory: best | last")
+    prompt: str = setting("\n", "text to continue")
+    max_new_tokens: int = setting(200, "tokens to generate per sample")
+    temperature: float = setting(0.8, "0 = greedy")
+    top_k: int = setting(0, "keep the k most likely tokens; 0 = all")
+    top_p: float = setting(1.0, "keep the smallest set of tokens with this probability; 1 = all")
+    seed: int = setting(0, "seed of the sampling generator")
+    num_samples: int = setting(1, "samples per prompt")
+    interactive: bool = setting(False, "keep reading prompts from the terminal")
+    cache: bool = setting(True, "false: recompute the whole window for every token (slow; for checking)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = setting(0, "CPU threads for torch; 0 = torch's default")
+    bench: bool = setting(False, "time cached against recomputed greedy decoding of max_new_tokens tokens")
+    bench_repeats: int = setting(3, "runs of each in the benchmark")
 
 
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

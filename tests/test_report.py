@@ -11,7 +11,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -37,17 +36,6 @@ _BUILT: dict = {}
 
 def _python(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _wait_for_rows(metrics: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run to be killed ended first:\n{proc.stderr.read()}")
-        time.sleep(0.2)
-    raise AssertionError(f"{metrics} never reached {n} rows")
 
 
 def _in_process_cli(*args: str) -> dict:
@@ -81,7 +69,7 @@ def build_sweep(tmp_path_factory, corpus: Path) -> dict:
          "budget.max_steps=100000", f"hydra.run.dir={partial}"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_rows(partial / "metrics.jsonl", 3, killed)
+        conftest.wait_for_rows(partial / "metrics.jsonl", 3, killed)
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
