@@ -17,18 +17,28 @@ tracemalloc does not see torch's allocator at all).
     python -m ngt.bench --model tiny
     python -m ngt.bench --model w3_25m --block 512 --batch 16 --variants baseline,ngt_default
     python -m ngt.bench --context-sweep --variants baseline,ngt_default
+    python -m ngt.bench --processes 1,2 --variants ngt_default   # data-parallel scaling
+
+``--processes 1,2,...`` times data-parallel steps: for each count N, torchrun starts N
+processes of this command, which split one global step of ``--accum`` micro-batches as
+the trainer does (DDP, gloo on CPU, NCCL on CUDA); rank 0 times the step. The table gives
+the speedup over the first count and the scaling efficiency (speedup / N). On a CPU every
+count shares ``--threads`` threads out, so each row uses the same cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -37,13 +47,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ngt.config import CONF, Arch, Config, register_configs, variant_names
-from ngt.errors import exit_on_user_error
+from ngt.config import CONF, Arch, Config, TrainConfig, register_configs, variant_names
+from ngt.errors import NGTError, exit_on_user_error
 from ngt.model import build_model, count_params
 from ngt.model.backends import resolve_backend
 from ngt.naming import register_resolvers
-from ngt.runtime import (autocast, compile_mode, compile_model, device_name, grad_scaler, pick_device, sync,
-                         use_deterministic)
+from ngt.runtime import (Processes, autocast, compile_mode, compile_model, device_name, grad_scaler, is_compiled,
+                         pick_device, sync, use_deterministic)
 from ngt.step import Repulsion, make_optimizer, train_step
 
 
@@ -85,6 +95,7 @@ class Runner:
     cfg: Config
     device: torch.device
     vocab: int
+    procs: Processes = Processes()
     model: torch.nn.Module = field(init=False)
     times_ms: list[float] = field(default_factory=list)
     step: int = 0
@@ -95,9 +106,9 @@ class Runner:
         use_deterministic(self.cfg.train)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, self.cfg.variant, self.vocab, self.device).train()
-        # As the trainer runs it: compiled on CUDA or under train.compile=true.
-        self.train_model = compile_model(self.model, self.cfg.train, self.device)
-        self.mode = compile_mode(self.cfg.train, self.device) if self.train_model is not self.model else None
+        # As the trainer runs it: compiled on CUDA or under train.compile=true; replicated over processes.
+        self.train_model = compile_model(self.procs.replicate(self.model, self.device), self.cfg.train, self.device)
+        self.mode = compile_mode(self.cfg.train, self.device) if is_compiled(self.train_model) else None
         self.cuda_graphs = self.device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.amp_ctx, amp_dtype = autocast(self.device, self.cfg.train.amp)
@@ -105,8 +116,9 @@ class Runner:
         self.rep_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         t = self.cfg.train
         g = torch.Generator().manual_seed(self.cfg.data_seed)
-        ids = torch.randint(self.vocab, (t.batch_size, t.block_size + 1), generator=g)
-        self.batch = (ids[:, :-1], ids[:, 1:])
+        ids = [torch.randint(self.vocab, (t.batch_size, t.block_size + 1), generator=g) for _ in range(t.grad_accum)]
+        # This process's share of the step's micro-batches (all of them on one process).
+        self.batches = [(ids[i][:, :-1], ids[i][:, 1:]) for i in self.procs.micro_batches(t.grad_accum)]
 
     @property
     def attn(self) -> str:
@@ -117,9 +129,10 @@ class Runner:
     def run_step(self) -> None:
         v = self.cfg.variant
         every = v.repulsion_interval if v.arch == Arch.ngt else 0
-        rep = Repulsion(v.repulsion_weight, v.repulsion_samples, self.rep_gen) if every and self.step % every == 0 else None
-        result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, [self.batch],
-                            self.cfg.train.grad_clip, rep)
+        rep = Repulsion(v.repulsion_weight, v.repulsion_samples, self.rep_gen) \
+            if every and self.step % every == 0 and self.procs.writes else None
+        result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, self.batches,
+                            self.cfg.train.grad_clip, rep, self.procs)
         if not result.stepped:
             raise RuntimeError(f"{self.name}: loss {result.loss} is not finite")
         self.step += 1
@@ -235,9 +248,9 @@ def measure(runners: list[Runner], steps: int, warmup: int, memory: bool = True)
         ms = statistics.median(r.times_ms)
         rows.append({
             "variant": r.name, "arch": str(r.cfg.variant.arch), "attn": r.attn, "params": count_params(r.model),
-            "batch": t.batch_size, "block": t.block_size, "ms_per_step": ms,
-            "ms_min": min(r.times_ms), "ms_max": max(r.times_ms),
-            "tokens_per_s": t.batch_size * t.block_size / (ms / 1000),
+            "batch": t.batch_size, "block": t.block_size, "accum": t.grad_accum, "processes": r.procs.size,
+            "ms_per_step": ms, "ms_min": min(r.times_ms), "ms_max": max(r.times_ms),
+            "tokens_per_s": t.batch_size * t.block_size * t.grad_accum / (ms / 1000),
             "peak_memory_mb": r.peak_memory_mb() if memory else None,
             "compiled": r.compiled,
         })
@@ -307,7 +320,8 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "memory" in str(err).lower()
 
 
-def context_sweep(size: Size, variants: list[str], extra: list[str], device, args) -> list[dict[str, Any]]:
+def context_sweep(size: Size, variants: list[str], extra: list[str], device, args,
+                  procs: Processes = Processes()) -> list[dict[str, Any]]:
     """Each variant alone at L = 256, 512, ... up to --max-context or its first out-of-memory."""
     rows = []
     for name in variants:
@@ -315,7 +329,7 @@ def context_sweep(size: Size, variants: list[str], extra: list[str], device, arg
         while L <= args.max_context:
             sized = Size(size.model, size.overrides, size.batch, L, size.vocab)
             try:
-                runner = Runner(name, compose_config(sized, name, extra), device, size.vocab)
+                runner = Runner(name, compose_config(sized, name, extra), device, size.vocab, procs)
                 row = measure([runner], args.sweep_steps, args.warmup)[0]
             except (RuntimeError, torch.OutOfMemoryError) as err:
                 if not _is_oom(err):
@@ -370,6 +384,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N more steps per variant: device busy time, kernel count, top ops")
+    p.add_argument("--processes", metavar="N,M,...",
+                   help="data-parallel scaling: time the step on each count of processes (torchrun), the global "
+                        "step (train.grad_accum, by default the counts' lcm) split over them; speedup and efficiency")
     p.add_argument("--out", default="bench.json")
     p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1 (anywhere on "
                                                 "the line, as Hydra takes them)")
@@ -381,7 +398,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     register_configs()
     register_resolvers()
-    device = pick_device(args.device, setting="--device")
+    if args.processes:
+        return scaling(args)
+    procs = Processes.from_env()  # under torchrun: one of several processes, each timing its share
+    device = pick_device(args.device, setting="--device", procs=procs)
+    procs.join(device, TrainConfig().collective_timeout_s)
+    with nullcontext() if procs.writes else redirect_stdout(io.StringIO()):  # rank 0 alone reports
+        report = bench(args, device, procs)
+    if procs.writes:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return report
+
+
+def bench(args: argparse.Namespace, device: torch.device, procs: Processes) -> dict[str, Any]:
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
     base = SIZES[args.model]
@@ -390,23 +420,77 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     variants = [v for v in args.variants.split(",") if v]
     report: dict[str, Any] = {
         "device": device_name(device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "processes": procs.size,
         "size": args.model, "config": asdict(size), "overrides": extra, "steps": args.steps, "warmup": args.warmup,
         "memory": "cuda max_memory_allocated" if device.type == "cuda" else "torch profiler allocation events",
     }
     print(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads, {args.model} "
-          f"batch {size.batch} block {size.block} vocab {size.vocab}")
+          f"batch {size.batch} block {size.block} vocab {size.vocab}" + (f", {procs.size} processes" if procs.size > 1 else ""))
     if args.context_sweep:
-        report["context_sweep"] = context_sweep(size, variants, extra, device, args)
+        report["context_sweep"] = context_sweep(size, variants, extra, device, args, procs)
     else:
-        runners = [Runner(v, compose_config(size, v, extra), device, size.vocab) for v in variants]
+        runners = [Runner(v, compose_config(size, v, extra), device, size.vocab, procs) for v in variants]
         report["variants"] = measure(runners, args.steps, args.warmup)
         print_table(report["variants"])
         if args.profile:
             report["profile"] = profile_steps(runners, args.profile)
+    return report
+
+
+def scaling(args: argparse.Namespace) -> dict[str, Any]:
+    """``--processes``: the step timed on each count of processes, each count under its own
+    torchrun, all with the same global step; on a CPU the counts share ``--threads`` out."""
+    counts = [int(n) for n in args.processes.split(",")]
+    overrides = list(args.overrides)
+    if not any(o.startswith("train.grad_accum=") for o in overrides):  # whole micro-batches for every count
+        overrides.append(f"train.grad_accum={math.lcm(*counts)}")
+    runs = []
+    for n in counts:
+        out = Path(args.out).with_suffix(f".{n}.json")
+        threads = max(1, args.threads // n) if args.threads else 0
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m",
+               "ngt.bench", *_forwarded(args), "--threads", str(threads), "--out", str(out), *overrides]
+        print(f"{n} process(es): {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise NGTError(f"the bench on {n} processes failed (its output is above)")
+        runs.append(json.loads(out.read_text()))
+    rows = scaling_rows(runs)
+    print_scaling(rows)
+    report = {"device": runs[0]["device"], "torch": runs[0]["torch"], "threads": args.threads, "processes": counts,
+              "scaling": rows, "runs": runs}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return report
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The options of a ``--processes`` command that each count's runs take as they are."""
+    given = [("--model", args.model), ("--batch", args.batch), ("--block", args.block), ("--vocab", args.vocab),
+             ("--variants", args.variants), ("--impl", args.impl), ("--steps", args.steps),
+             ("--warmup", args.warmup), ("--device", args.device)]
+    return [str(x) for flag, value in given if value is not None for x in (flag, value)]
+
+
+def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant and count: the step time, and against the first count the speedup and the
+    efficiency (speedup per process added: 1.0 is perfect scaling)."""
+    rows = []
+    first = {r["variant"]: r for r in runs[0]["variants"]}
+    for run in runs:
+        for r in run["variants"]:
+            speedup = first[r["variant"]]["ms_per_step"] / r["ms_per_step"]
+            rows.append({"variant": r["variant"], "processes": r["processes"], "threads": run["threads"],
+                         "accum": r["accum"], "ms_per_step": r["ms_per_step"], "tokens_per_s": r["tokens_per_s"],
+                         "speedup": speedup, "efficiency": speedup * first[r["variant"]]["processes"] / r["processes"]})
+    return rows
+
+
+def print_scaling(rows: list[dict[str, Any]]) -> None:
+    print(f"{'variant':22s} {'processes':>9s} {'threads':>7s} {'ms/step':>9s} {'tokens/s':>10s} {'speedup':>8s} "
+          f"{'efficiency':>10s}")
+    for r in sorted(rows, key=lambda r: (r["variant"], r["processes"])):
+        print(f"{r['variant']:22s} {r['processes']:9d} {r['threads']:7d} {r['ms_per_step']:9.1f} "
+              f"{r['tokens_per_s']:10.0f} {r['speedup']:8.2f} {r['efficiency']:10.2f}")
 
 
 def cli() -> None:

@@ -95,6 +95,18 @@ class Processes:
             with communicating("waiting for the other processes"):
                 dist.barrier()
 
+    def replicate(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model``, or on several processes its DistributedDataParallel wrapper, which
+        starts every process from rank 0's parameters and averages the gradients over them
+        in backward. NGT's last coordinate update feeds only the repulsion term, and a hard
+        radius gets no gradient at all: DDP must look for unused parameters at every forward."""
+        if self.size == 1:
+            return model
+        with communicating("replicating the model"):
+            return torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=getattr(model, "arch", None) == "ngt")
+
 
 class PeerFailed(RunFailed):
     """A collective failed: another process of the run died, failed or stopped answering."""
@@ -113,16 +125,6 @@ def communicating(what: str) -> Iterator[None]:
         text = re.sub(r"^\[[^\]]*\] ", "", str(e).strip()).split(". ")[0].splitlines()[0] if str(e).strip() else ""
         raise PeerFailed(f"another process of this data-parallel run failed or stopped answering "
                          f"({what}: {text[:200] or type(e).__name__})") from None
-
-
-def data_parallel(model: torch.nn.Module, device: torch.device, some_unused: bool) -> torch.nn.Module:
-    """``model`` wrapped in DistributedDataParallel, which averages the gradients over the
-    processes in backward. ``some_unused``: parameters that a forward may leave without a
-    gradient (NGT's last coordinate update feeds only the repulsion term), which DDP must
-    then look for at every forward."""
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=some_unused)
 
 
 def is_compiled(train_model: torch.nn.Module) -> bool:

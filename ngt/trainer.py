@@ -37,9 +37,8 @@ from ngt.probes import ProbeSet, keep_probe_steps, record_probes
 from ngt.provenance import code_version
 from ngt.records import Checkpoint, RNGState, RunSummary, Status, finite_or_none, throughput
 from ngt.rundir import RunDir
-from ngt.runtime import (PeerFailed, Processes, autocast, communicating, compile_mode, compile_model, compiles,
-                         data_parallel, device_name, grad_scaler, peak_memory_mb, pick_device, set_threads,
-                         use_deterministic)
+from ngt.runtime import (PeerFailed, Processes, autocast, compile_mode, compile_model, compiles, device_name,
+                         grad_scaler, peak_memory_mb, pick_device, set_threads, use_deterministic)
 from ngt.signals import StopRequest
 from ngt.step import Repulsion, make_optimizer, train_step
 
@@ -342,7 +341,7 @@ class Trainer:
                 self.rd.rewrite_metrics([])
             keep_probe_steps(self.rd.path, [])
         missing_row = self.procs.shared(missing_row)  # rank 0 read metrics.jsonl
-        self.train_model = compile_model(self.replicated(), self.cfg.train, self.device)
+        self.train_model = compile_model(self.procs.replicate(self.model, self.device), self.cfg.train, self.device)
         self.summary = self.start_summary()
         if self.procs.writes:
             self.open_records(ckpt is not None, missing_row is not None)
@@ -359,15 +358,6 @@ class Trainer:
         if self.state.step < self.cfg.budget.max_steps:
             return self.pause()
         return self.complete()
-
-    def replicated(self) -> torch.nn.Module:
-        """The model itself, or on several processes its DDP wrapper, which starts every
-        process from rank 0's parameters."""
-        if self.procs.size == 1:
-            return self.model
-        with communicating("replicating the model"):
-            # NGT's last coordinate update and a hard radius get no gradient from a plain forward.
-            return data_parallel(self.model, self.device, some_unused=self.cfg.variant.arch == Arch.ngt)
 
     def open_records(self, resumed: bool, row_again: bool) -> None:
         """TensorBoard's writer, the HParams row, the summary (running) and the first line."""

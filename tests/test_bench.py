@@ -76,3 +76,27 @@ def test_bench_times_the_compiled_model_under_train_compile(tmp_path):
     assert counters["stats"]["unique_graphs"] >= 2  # both models went through torch.compile
     for r in rows:  # each model's step is one graph, not pieces with Python between them
         assert r["compiled"]["graphs"] >= 1 and r["compiled"]["graph_breaks"] == 0 and not r["compiled"]["break_reasons"]
+
+
+def test_scaling_rows_give_speedup_and_efficiency_against_the_first_count():
+    from ngt.bench import scaling_rows
+
+    def run(n, ms):
+        return {"threads": 2 // n, "variants": [{"variant": "ngt_default", "processes": n, "accum": 2,
+                                                 "ms_per_step": ms, "tokens_per_s": 1000 / ms}]}
+
+    rows = scaling_rows([run(1, 100.0), run(2, 80.0)])
+    assert [(r["processes"], r["speedup"], r["efficiency"]) for r in rows] == [(1, 1.0, 1.0), (2, 1.25, 0.625)]
+
+
+@pytest.mark.slow
+def test_processes_time_the_same_global_step_on_each_count(tmp_path):
+    out = tmp_path / "bench.json"
+    report = main(["--model", "tiny", "--batch", "2", "--block", "32", "--steps", "2", "--warmup", "1", "--impl",
+                   "reference", "--variants", "baseline,ngt_default", "--processes", "1,2", "--out", str(out), *SMALL])
+    assert json.loads(out.read_text()) == report
+    rows = {(r["variant"], r["processes"]): r for r in report["scaling"]}
+    assert set(rows) == {(v, n) for v in ("baseline", "ngt_default") for n in (1, 2)}
+    assert all(r["accum"] == 2 and r["ms_per_step"] > 0 for r in rows.values())  # lcm(1, 2) micro-batches a step
+    assert rows["ngt_default", 1]["speedup"] == 1.0 and rows["ngt_default", 2]["threads"] == 1
+    assert (tmp_path / "bench.2.json").exists() and json.loads((tmp_path / "bench.2.json").read_text())["processes"] == 2
