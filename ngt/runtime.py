@@ -25,9 +25,9 @@ from ngt.errors import NGTError, RunFailed
 @dataclass(frozen=True)
 class Processes:
     """The processes that train one run together, data-parallel (README, "Data-parallel
-    runs"), as torchrun sets them in the environment (ngt.screen does the same from
-    submitit's on Slurm): this process's ``rank`` of ``size``, and ``local_rank``, its GPU
-    on its node. A plain run is rank 0 of 1, and every method here is then a no-op."""
+    runs"), as torchrun sets them in the environment (and hydra/launcher=slurm_ddp from
+    submitit's): this process's ``rank`` of ``size``, and ``local_rank``, its GPU on its
+    node. A plain run is rank 0 of 1, and every method here is then a no-op."""
 
     rank: int = 0
     size: int = 1

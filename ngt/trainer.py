@@ -10,7 +10,7 @@ Data-parallel (``torchrun``, or Slurm tasks; ``ngt.runtime.Processes``): every p
 holds the whole state and keeps it identical to rank 0's (the same batches drawn, the same
 averaged gradients, the same optimizer step), trains its share of each step's
 micro-batches, evaluates its share of the batches, and rank 0 alone writes the run
-directory. Only dropout differs between processes ("Dropout" in ``optimizer_step``).
+directory. Only dropout differs between processes (``dropout_seed``).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class Trainer:
         batches = [windows(self.data.train, starts[i], t.block_size) for i in procs.micro_batches(t.grad_accum)]
         repulsion = Repulsion(cfg.variant.repulsion_weight, cfg.variant.repulsion_samples, self.rep_gen) \
             if every > 0 and s.step % every == 0 and procs.writes else None
-        if procs.rank > 0:  # Dropout: see dropout_seed
+        if procs.rank > 0:  # masks of its own (dropout_seed)
             torch.manual_seed(dropout_seed(cfg.seed, procs.rank, s.step))
         try:
             result = train_step(self.model, self.train_model, self.optimizer, self.scaler, self.amp_ctx, batches,
