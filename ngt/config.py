@@ -31,7 +31,8 @@ SWEEPS = PACKAGE / "sweeps"
 # interrupted one resumes under other values of them. (`continue=` may also change the
 # budget: ngt.trainer.resume.)
 NEUTRAL_KEYS = ("hydra", "sweep", "force", "probes", "budget.stop_at", "train.device", "train.threads", "train.log_every",
-                "train.compile", "train.compile_mode", "train.deterministic", "model.attn_impl")
+                "train.compile", "train.compile_mode", "train.deterministic", "train.collective_timeout_s",
+                "model.attn_impl")
 
 
 def is_neutral(key: str) -> bool:
@@ -246,6 +247,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "greater than 0")
         _check(self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"at most train.lr={self.lr}")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "greater than 0 (the largest gradient norm)")
+        _check(self.collective_timeout_s > 0, "train.collective_timeout_s", self.collective_timeout_s, "greater than 0")
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "0 <= beta < 1")
         _check(bool(_DEVICE.fullmatch(self.device)), "train.device", self.device, "auto, cpu, cuda or cuda:N")
