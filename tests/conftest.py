@@ -13,11 +13,27 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 
-# A model and budget small enough for a CLI run in a few seconds on 2 cores.
+# A model and budget small enough for a CLI run in a few seconds on 2 cores. The reference
+# attention: the CPU default (compiled) spends seconds compiling in every process, and is
+# tested on its own (test_backends.py) and end to end once (test_data_hub.py's smoke run).
 TINY = [
     "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.coord_dim=8", "model.mlp_dim=64",
     "model.context=64", "train.batch_size=4", "train.block_size=32", "train.full_val=false", "budget=smoke",
+    "model.attn_impl=reference",
 ]
+
+
+# Modules that share a session fixture (the report's trained sweep) go to one worker.
+SHARED = {"test_pages": "test_report"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup), each module's tests run on one worker, so a
+    module's fixtures are built once; modules sharing one run together."""
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(SHARED.get(module, module)))
 
 
 @pytest.fixture(scope="session", autouse=True)

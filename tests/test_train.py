@@ -52,15 +52,19 @@ def test_run_directory_contract(reference_run):
     assert any((run / "tb").iterdir()) and (run / ".hydra" / "config.yaml").exists() and (run / "run.log").exists()
 
 
-def test_same_seeds_same_numbers(reference_run, tmp_path):
+def test_same_seeds_same_numbers_in_process_too(reference_run, tmp_path):
+    from ngt.runner import train
+
     args, ref = reference_run
-    screen(*args, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, check=True)
+    train(compose(*args), tmp_path / "again")
     assert numbers(tmp_path / "again") == numbers(ref)
 
 
 def test_train_deterministic_changes_no_number_on_cpu(reference_run, tmp_path):
+    from ngt.runner import train
+
     args, ref = reference_run
-    screen(*args, "train.deterministic=true", f"hydra.run.dir={tmp_path / 'det'}", cwd=tmp_path, check=True)
+    train(compose(*args, "train.deterministic=true"), tmp_path / "det")
     assert numbers(tmp_path / "det") == numbers(ref)
 
 
