@@ -1,6 +1,6 @@
 """``python -m ngt.bench``: how long one training step takes, and how much memory it needs.
 
-A step is ``ngt.train.train_step``, the trainer's own: forward, cross-entropy plus
+A step is ``ngt.step.train_step``, the trainer's own: forward, cross-entropy plus
 repulsion (on each variant's schedule), backward, clipping, AdamW. Every variant is
 built from the suite's configs (``conf/``) and warmed up (compilation included), then
 the variants take turns, one step each, ``--steps`` times: a machine that gets busier
@@ -364,8 +364,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ngt.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    paragraphs = __doc__.replace("``", "").split("\n\n")  # the docstring, without its markup
+    examples = next(x for x in paragraphs if x.lstrip().startswith("python -m ngt.bench"))
+    p = argparse.ArgumentParser(prog="python -m ngt.bench", description="\n\n".join(paragraphs[:2]),
+                                epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(SIZES), default="small",
                    help="small (default): d256, 4 layers, vocab 8192, block 256, batch 8")
     p.add_argument("--batch", type=int, help="batch size (default: the size's)")
@@ -380,14 +382,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--context-sweep", action="store_true",
                    help="time and memory at L = 256, 512, ... instead (on CUDA each length compiles, some 30 s "
                         "a variant; train.compile=false times it eagerly)")
-    p.add_argument("--max-context", type=int, default=4096)
-    p.add_argument("--sweep-steps", type=int, default=3)
+    p.add_argument("--max-context", type=int, default=4096, help="--context-sweep: the longest context (default 4096)")
+    p.add_argument("--sweep-steps", type=int, default=3, help="--context-sweep: timed steps at each length")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N more steps per variant: device busy time, kernel count, top ops")
     p.add_argument("--processes", metavar="N,M,...",
                    help="data-parallel scaling: time the step on each count of processes (torchrun), the global "
                         "step (train.grad_accum, by default the counts' lcm) split over them; speedup and efficiency")
-    p.add_argument("--out", default="bench.json")
+    p.add_argument("--out", default="bench.json", help="the JSON file of every figure (default bench.json)")
     p.add_argument("overrides", nargs="*", help="further Hydra overrides, e.g. model.dropout=0.1 (anywhere on "
                                                 "the line, as Hydra takes them)")
     # Intermixed: overrides before and after options, which plain parse_args refuses.

@@ -100,3 +100,17 @@ def test_processes_time_the_same_global_step_on_each_count(tmp_path):
     assert all(r["accum"] == 2 and r["ms_per_step"] > 0 for r in rows.values())  # lcm(1, 2) micro-batches a step
     assert rows["ngt_default", 1]["speedup"] == 1.0 and rows["ngt_default", 2]["threads"] == 1
     assert (tmp_path / "bench.2.json").exists() and json.loads((tmp_path / "bench.2.json").read_text())["processes"] == 2
+
+
+def test_help_is_plain_text_and_every_option_explained(capsys):
+    from ngt.bench import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "examples:" in text
+    options = [line.split()[0] for line in text.splitlines() if line.startswith("  --")]
+    lines = text.splitlines()
+    for option in options:  # each option line, or the line after it, carries a description
+        i = next(k for k, line in enumerate(lines) if line.startswith(f"  {option}"))
+        assert len(lines[i].split("  ")) > 2 or lines[i + 1].startswith(" " * 10), option
