@@ -252,6 +252,12 @@ class TrainConfig:
             _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "0 <= beta < 1")
         _check(bool(_DEVICE.fullmatch(self.device)), "train.device", self.device, "auto, cpu, cuda or cuda:N")
 
+    def check_split(self, processes: int, source: str) -> None:
+        """Data-parallel: each process trains an equal share of a step's micro-batches."""
+        if self.grad_accum % processes:
+            raise NGTError(f"train.grad_accum={self.grad_accum} micro-batches cannot be split evenly over "
+                           f"{processes} processes ({source}): make train.grad_accum a multiple of it")
+
 
 @dataclass
 class ProbeConfig:

@@ -9,6 +9,7 @@ submits nothing, and a refused command leaves every file of every run as it was.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -57,6 +58,17 @@ def _run_dir(cfg: DictConfig, multirun: bool) -> Optional[Path]:
         return None
 
 
+def _processes(node: DictConfig) -> tuple[int, str]:
+    """How many processes will train each job, and who says so: the slurm_ddp launcher's
+    tasks, else torchrun's WORLD_SIZE (one process without either)."""
+    launcher = node.hydra.get("launcher") or {}
+    if str(launcher.get("_target_", "")).startswith("hydra_plugins.ngt_slurm_ddp."):
+        tasks, nodes = int(launcher.get("tasks_per_node") or 1), int(launcher.get("nodes") or 1)
+        return tasks * nodes, f"hydra.launcher.tasks_per_node={tasks} x nodes={nodes}"
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    return size, f"WORLD_SIZE={size}"
+
+
 def _as_config(node: DictConfig) -> Config:
     """The job's config as ``ngt.screen`` will get it: Hydra's own settings removed, then
     made into the typed objects (which checks every range)."""
@@ -74,8 +86,10 @@ def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> l
         jobs = []
         for job in job_overrides(base, overrides, multirun):
             node = compose(config_name, overrides=[*job, *launch], return_hydra_config=True)
-            run_dir = _run_dir(node, multirun)
-            jobs.append(Job(job, _as_config(node), run_dir))
+            run_dir, processes = _run_dir(node, multirun), _processes(node)
+            config = _as_config(node)
+            config.train.check_split(*processes)
+            jobs.append(Job(job, config, run_dir))
     return jobs
 
 

@@ -81,6 +81,7 @@ class RunSummary:
     compile_mode: Optional[str] = None
     device: Optional[str] = None
     torch_version: Optional[str] = None
+    cuda_version: Optional[str] = None  # the CUDA that torch was built with, on a GPU
     threads: Optional[int] = None
     processes: int = 1  # how many processes trained the latest launch, data-parallel (rank 0's figures above)
     amp_dtype: Optional[str] = None

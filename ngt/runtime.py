@@ -44,9 +44,7 @@ class Processes:
         return self.rank == 0
 
     def check_split(self, t: TrainConfig) -> None:
-        if t.grad_accum % self.size:
-            raise NGTError(f"train.grad_accum={t.grad_accum} micro-batches cannot be split evenly over "
-                           f"{self.size} processes (WORLD_SIZE={self.size}): make train.grad_accum a multiple of it")
+        t.check_split(self.size, f"WORLD_SIZE={self.size}")
 
     def micro_batches(self, n: int) -> range:
         """Which of a step's ``n`` micro-batches this process trains on: rank 0 the last

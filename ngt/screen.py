@@ -76,7 +76,8 @@ def continue_overrides(overrides: list[str], multirun: bool) -> tuple[list[str],
         raise NGTError(f"continue={run}: not a run directory (no .hydra/overrides.yaml)")
     new = [o for o in overrides if o not in given]
     # force=true trained the run again once; carried on, it would wipe what continue= extends.
-    replaced = {override_key(n) for n in new} | {"force"}
+    # A pause (budget.stop_at) was a halving rung's: continuing a run means going past it.
+    replaced = {override_key(n) for n in new} | {"force", "budget.stop_at"}
     kept = [o for o in _saved_overrides(saved) if override_key(o) not in replaced]
     if multirun:
         where = [f"hydra.sweep.dir={quoted(run.parent)}", f"hydra.sweep.subdir={quoted(run.name)}"]

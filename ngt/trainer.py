@@ -174,7 +174,8 @@ class Trainer:
             params=count_params(self.model), params_ngt=params["ngt"], params_baseline=params["baseline"],
             attn_impl=resolve_backend(cfg.model.attn_impl, self.device) if ngt else "sdpa",
             compiled=compiled, compile_mode=str(compile_mode(cfg.train, self.device)) if compiled else None,
-            device=device_name(self.device), torch_version=torch.__version__, threads=torch.get_num_threads(),
+            device=device_name(self.device), torch_version=torch.__version__,
+            cuda_version=torch.version.cuda if self.device.type == "cuda" else None, threads=torch.get_num_threads(),
             amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             schedule_changes=self.state.schedule_changes, resumed_at_steps=self.state.resumes,
             code=code_version().to_dict(), processes=self.procs.size,
@@ -246,14 +247,13 @@ class Trainer:
         """Evaluation, then checkpoints, at the end of optimizer step ``state.step``."""
         s, b = self.state, self.cfg.budget
         at_end = s.step == b.max_steps
-        if s.step == self.until:  # a pause (budget.stop_at) keeps its step: it goes on from there
-            self.save(self.rd.last)
         if s.step % b.eval_every == 0 or at_end:
             row = self.record_evaluation()
             if row["val/loss"] < s.best:
                 s.best, s.best_step = row["val/loss"], s.step
                 self.save(self.rd.best)
-        if s.step % b.checkpoint_every == 0 or at_end:
+        # A pause (budget.stop_at) keeps its step, evaluation and best included: it goes on from there.
+        if s.step % b.checkpoint_every == 0 or at_end or s.step == self.until:
             self.save(self.rd.last)
 
     def diverged(self, what: str, step: int) -> Diverged:
@@ -383,7 +383,9 @@ class Trainer:
         again with a later ``stop_at`` (a rung of successive halving) or none."""
         if self.writer is not None:
             self.writer.close()
-        summary = self.finish(Status.paused, message=f"paused at budget.stop_at={self.state.step}")
+        b = self.cfg.budget  # a run relaunched at an earlier rung than it reached keeps its step
+        summary = self.finish(Status.paused, message=f"paused at step {self.state.step} of {b.max_steps} "
+                                                     f"(budget.stop_at={b.stop_at})")
         log.info("paused at step %d of %d: %s", self.state.step, self.cfg.budget.max_steps, self.rd.path)
         return summary
 

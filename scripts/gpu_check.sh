@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks of issue 5, in one go on a GPU (about 8 minutes on an H100 or H200):
-#   b) full training steps at w3_25m, block 512, batch 16 with SPEC's dropout 0.1, baseline
+#   b) full training steps at w3_25m, block 512, batch 16 with the recipe's dropout 0.1, baseline
 #      and ngt_default as training runs them on CUDA (compiled, under CUDA graphs), with the
 #      graphs and graph breaks dynamo made of each step, each profiled for two steps (device
 #      busy time, kernels, host syncs, top ops by device and by host time);

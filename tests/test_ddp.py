@@ -109,6 +109,18 @@ def test_micro_batches_that_do_not_split_evenly_are_a_one_line_error(monkeypatch
     assert not (tmp_path / "run").exists()
 
 
+def test_a_grid_that_cannot_split_is_refused_before_any_directory_or_job(tmp_path):
+    """The slurm_ddp launcher's tasks are checked against every job when the command is
+    composed: nothing is written, nothing submitted."""
+    proc = subprocess.run([sys.executable, "-m", "ngt.screen", "-m", "sweep=w3_25m", "hydra/launcher=slurm_ddp",
+                           "hydra.launcher.tasks_per_node=4"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: train.grad_accum=2 micro-batches cannot be split evenly over 4 processes "
+                                   "(hydra.launcher.tasks_per_node=4 x nodes=1): make train.grad_accum a multiple "
+                                   "of it")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_each_process_trains_its_share_and_rank_0_the_last():
     from ngt.runtime import Processes
 

@@ -386,7 +386,8 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
 def test_index_page_answers_first(built, results):
     index = (built["sweep"] / "index.html").read_text()
     title, rest = index.split('id="headline"', 1)
-    assert "<h1>Sweep sweep</h1>" in title and "device <b>cpu</b>" in title and "data <b>text</b>" in title
+    assert "<h1>Sweep sweep</h1>" in title and "data <b>text</b>" in title
+    assert f"device <b>cpu · torch {torch.__version__}</b>" in title
     assert "code <b>ngt " in title and "model <b>" in title and html.escape("python -m ngt.screen -m ") in title
     assert rest.index('id="difference"') < rest.index("<h2>Runs</h2>")
     runs = rest.split("<h2>Runs</h2>", 1)[1]
@@ -396,3 +397,11 @@ def test_index_page_answers_first(built, results):
         overrides = yaml.safe_load((built["sweep"] / r.name / ".hydra" / "overrides.yaml").read_text())
         assert html.escape(f"python -m ngt.screen {shlex.join(overrides)}") in runs
         assert f'href="{quote(r.name)}/"' in runs
+
+
+def test_summary_names_the_machine_and_code(built):
+    """Where the runs trained (device, torch; CUDA on a GPU) and which code, under the title."""
+    md = (built["sweep"] / "Summary.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("Trained on "))
+    assert f"Trained on cpu · torch {torch.__version__}; code ngt " in line
+    assert "CUDA" not in line  # a CPU run has no CUDA to name

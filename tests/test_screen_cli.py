@@ -55,6 +55,18 @@ def test_continue_extends_a_finished_run_in_place(tmp_path, small_corpus):
     assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == [run.name]
 
 
+def test_continue_takes_a_paused_run_past_its_rung(tmp_path, small_corpus):
+    """A run a halving sweep stopped (budget.stop_at) goes on to its budget under continue=."""
+    args = [*TINY, "data=text", f"data.path={small_corpus}", "budget.max_steps=6", "budget.eval_every=3",
+            "budget.checkpoint_every=6"]
+    screen(*args, "budget.stop_at=3", cwd=tmp_path, check=True)
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "paused"
+    screen(f"continue={run}", cwd=tmp_path, check=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["final_step"], summary["resumed_at_steps"]) == ("completed", 6, [3])
+
+
 def test_continue_needs_a_run_directory(tmp_path):
     proc = screen(f"continue={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2

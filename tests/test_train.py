@@ -142,13 +142,21 @@ def test_compile_mode_is_cuda_graphs_on_cuda_unless_chosen():
 
 
 def test_a_run_paused_at_rungs_goes_on_to_the_numbers_of_one_trained_straight(reference_run, tmp_path):
+    from ngt.checkpoint import load_checkpoint
     from ngt.runner import train
 
-    args, ref = reference_run
+    # Checkpoints every 20 steps: the pauses at 15 and 30 save last.pt on their own, and
+    # must keep their step's evaluation (the best so far) as a checkpoint step does.
+    args = [*reference_run[0], "budget.checkpoint_every=20"]
+    straight = train(compose(*args), tmp_path / "straight")
     run = tmp_path / "run"
     for stop in (15, 30):
         summary = train(compose(*args, f"budget.stop_at={stop}"), run)
         assert (summary["status"], summary["final_step"]) == ("paused", stop)
+        kept = load_checkpoint(run / "checkpoints" / "last.pt")
+        assert (kept.step, kept.best_step, kept.best) == (stop, summary["best_step"], summary["val_loss_best"])
         assert train(compose(*args, f"budget.stop_at={stop}"), run)["skipped"]  # relaunched: nothing to do
-    assert train(compose(*args), run)["status"] == "completed"
-    assert numbers(run) == numbers(ref)
+    summary = train(compose(*args), run)
+    assert summary["status"] == "completed"
+    assert numbers(run) == numbers(tmp_path / "straight")
+    assert (summary["best_step"], summary["val_loss_best"]) == (straight["best_step"], straight["val_loss_best"])

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from ngt.report.analysis import Analysis
+from ngt.report.tables import distinct, machine
 
 _STATUS_COLOUR = {"completed": "#1a9850", "failed": "#d73027", "unreadable": "#d73027", "running": "#4575b4",
                   "interrupted": "#f46d43", "paused": "#fdae61", "started": "#7f7f7f"}
@@ -18,15 +19,9 @@ STYLE = (".meta{color:#333;margin:.2em 0}.meta b{font-weight:600}code{font-size:
          ".runs tr.command td{border-top:none;color:#555;padding-left:2em}")
 
 
-def _values(res: pd.DataFrame, column: str) -> str:
-    """The distinct values of a column, in order of appearance; '?' where none is known."""
-    seen = [str(v) for v in dict.fromkeys(res[column].dropna()) if str(v)]
-    return ", ".join(seen) or "?"
-
-
 def _size(res: pd.DataFrame) -> str:
     """'tiny, 0.70 M parameters': each model, with the baseline's count (NGT's matches it within 0.01%)."""
-    models = _values(res, "model")
+    models = distinct(res, "model")
     params = res.loc[res["label"] == "baseline", "params"].dropna()
     params = params if len(params) else res["params"].dropna()
     return models + (f", {float(params.iloc[0]) / 1e6:.2f} M parameters" if len(params) else "")
@@ -35,11 +30,11 @@ def _size(res: pd.DataFrame) -> str:
 def title_block(a: Analysis, title: str) -> str:
     """The sweep's name (its command beneath), then when, where, on what data, how big, which code."""
     res = a.results
-    name = _values(res, "sweep") if res["sweep"].notna().any() else title
+    name = distinct(res, "sweep") if res["sweep"].notna().any() else title
     written = res["updated"].replace("", None).dropna()
     date = written.max()[:10] if len(written) else "?"
-    facts = [("last run written", date), ("device", _values(res, "device")), ("data", _values(res, "data")),
-             ("model", _size(res)), ("code", _values(res, "code"))]
+    facts = [("last run written", date), ("device", machine(res)), ("data", distinct(res, "data")),
+             ("model", _size(res)), ("code", distinct(res, "code"))]
     meta = " · ".join(f"{k} <b>{html.escape(v)}</b>" for k, v in facts)
     command = "".join(f"<p class=\"meta\"><code>{html.escape(c)}</code></p>" for c in a.sweep.sweep_commands)
     return f"<h1>Sweep {html.escape(name)}</h1>{command}<p class=\"meta\">{meta}</p>"

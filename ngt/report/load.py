@@ -27,7 +27,7 @@ from ngt.report import rungs
 
 # What the trainer measured, copied from summary.json into each run's row.
 MEASURED = ("params", "val_loss_full", "tokens_per_step", "peak_memory_mb", "peak_memory_kind", "device", "attn_impl",
-            "compiled")
+            "compiled", "torch_version", "cuda_version")
 # Overrides that pick what a run is (its label) and which replicate it is (its seed);
 # every other override puts the run in a group, and runs are compared within a group.
 LABEL_KEYS = ("variant",)

@@ -22,6 +22,20 @@ from ngt.records import throughput
 BASELINE = "baseline"
 
 
+def distinct(res: pd.DataFrame, column: str) -> str:
+    """The distinct values of a column, in order of appearance; '?' where none is known."""
+    seen = [str(v) for v in dict.fromkeys(res[column].dropna()) if str(v)]
+    return ", ".join(seen) or "?"
+
+
+def machine(res: pd.DataFrame) -> str:
+    """'NVIDIA H200 · torch 2.9.0 · CUDA 12.8': where the runs trained, as a report's title states it."""
+    parts = [distinct(res, "device"), f"torch {distinct(res, 'torch_version')}"]
+    if res["cuda_version"].notna().any():
+        parts.append(f"CUDA {distinct(res, 'cuda_version')}")
+    return " · ".join(parts)
+
+
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss is not None and math.isfinite(loss) and loss < 700 else math.nan
 
