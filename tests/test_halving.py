@@ -93,3 +93,13 @@ def test_a_halving_sweep_killed_mid_rung_finishes_with_the_same_decisions(refere
     assert decisions(where) == decisions(reference)
     for run in reference.glob("seed=*"):
         assert numbers(where / run.name) == numbers(run)
+
+
+def test_a_halving_sweep_under_the_local_launcher_takes_the_same_decisions(reference, small_corpus, tmp_path):
+    """Each rung's runs as processes at once (hydra/launcher=local): the decisions and numbers
+    of the sweep that ran them one after another."""
+    where = tmp_path / "sweep"
+    screen(*sweep_args(small_corpus, where), "hydra/launcher=local", cwd=tmp_path, check=True)
+    assert decisions(where) == decisions(reference)
+    for run in reference.glob("seed=*"):
+        assert numbers(where / run.name) == numbers(run)

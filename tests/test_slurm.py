@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, TINY, numbers
 from test_ddp import ddp_args, torchrun
+from test_halving import decisions, sweep_args
 
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 NOT_INSTALLABLE = 4  # the script's exit status when Slurm's packages cannot be installed
@@ -138,3 +139,27 @@ def test_a_data_parallel_job_preempted_and_requeued_resumes_to_the_same_numbers(
     assert summary["status"] == "completed" and summary["processes"] == 2, summary
     assert 0 < summary["resumed_at_steps"][0] < 100 and "after SIGUSR2" in (run / "run.log").read_text()
     assert numbers(run) == numbers(tmp_path / "ref")
+
+
+def test_a_halving_sweep_on_slurm_takes_the_decisions_of_one_run_here(slurm_env, small_corpus, tmp_path):
+    """hydra/sweeper=halving with the Slurm launcher: every rung a job array, the same
+    decisions and numbers as the same sweep run here one run after another."""
+    here, slurm = tmp_path / "here", tmp_path / "slurm"
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=1", "train.device=cpu"]
+    reference = subprocess.Popen([sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, here),
+                                  "train.device=cpu"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, slurm), *launcher],
+                              cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert reference.wait(timeout=600) == 0
+    finally:
+        if reference.poll() is None:
+            reference.terminate()
+            reference.wait(timeout=60)
+    assert len(list(slurm.glob(".submitit/*"))) > 0  # the runs went through Slurm
+    assert decisions(slurm) == decisions(here)
+    for run in here.glob("seed=*"):
+        assert numbers(slurm / run.name) == numbers(run)
