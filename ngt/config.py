@@ -9,6 +9,7 @@ for every job of a command before Hydra creates a directory or submits a job.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -86,7 +87,7 @@ CompileMode = StrEnum("CompileMode", [(m, m) for m in (
     "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")])
 
 MIN_BPE_VOCAB = 258  # the 256 bytes, <unk>, and room for at least one merge
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")  # train.device, generate's device
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -244,13 +245,13 @@ class TrainConfig:
         _as_enums(self, "train")
         _at_least(self, "train", 1, "batch_size", "block_size", "grad_accum", "log_every")
         _at_least(self, "train", 0, "min_lr", "weight_decay", "threads")
-        _check(self.lr > 0, "train.lr", self.lr, "greater than 0")
+        _check(0 < self.lr < math.inf, "train.lr", self.lr, "greater than 0 and finite")
         _check(self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"at most train.lr={self.lr}")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "greater than 0 (the largest gradient norm)")
         _check(self.collective_timeout_s > 0, "train.collective_timeout_s", self.collective_timeout_s, "greater than 0")
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "0 <= beta < 1")
-        _check(bool(_DEVICE.fullmatch(self.device)), "train.device", self.device, "auto, cpu, cuda or cuda:N")
+        _check(bool(DEVICES.fullmatch(self.device)), "train.device", self.device, "auto, cpu, cuda or cuda:N")
 
     def check_split(self, processes: int, source: str) -> None:
         """Data-parallel: each process trains an equal share of a step's micro-batches."""
@@ -338,6 +339,19 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(x) for x in obj]
     return obj
+
+
+def check_known(tree: Any, schema: type = Config, prefix: str = "") -> None:
+    """Refuse a key the schema does not have: Hydra's ``+key=value`` adds one that nothing
+    reads, and a run would silently train without the setting its name promises."""
+    hints = get_type_hints(schema)
+    for key in tree:
+        if key not in hints:
+            near = difflib.get_close_matches(str(key), list(hints), n=1)
+            hint = f": did you mean {prefix}{near[0]}?" if near else ""
+            raise NGTError(f"{prefix}{key} is not a setting of ngt{hint} (python -m ngt.screen --help lists them)")
+        if is_dataclass(hints[key]) and hasattr(tree[key], "keys"):
+            check_known(tree[key], hints[key], f"{prefix}{key}.")
 
 
 def from_plain(d: dict[str, Any]) -> Config:

@@ -20,9 +20,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ngt.config import CONF, NEUTRAL_KEYS, Config, differences, plain
+from ngt.config import CONF, NEUTRAL_KEYS, Config, check_known, differences, plain
 from ngt.errors import NGTError
-from ngt.records import Status
+from ngt.records import RunSummary, Status
 from ngt.rundir import RunDir
 
 
@@ -74,6 +74,7 @@ def _as_config(node: DictConfig) -> Config:
     made into the typed objects (which checks every range)."""
     with open_dict(node):
         del node["hydra"]
+    check_known(node)
     return OmegaConf.to_object(node)
 
 
@@ -100,17 +101,21 @@ def is_swept(override: str) -> bool:
 
 def check_run_dir(job: Job, continuing: bool) -> None:
     """Refuse a job whose run directory holds a run of another config (the neutral keys
-    aside; with ``continue=`` also the budget, which may grow but not shrink), or damaged
-    records."""
+    aside; with ``continue=`` also the budget, which may grow but not shrink), damaged
+    records, or a checkpoint it could not go on from: all before Hydra writes there."""
     if job.run_dir is None or job.config.force:
         return
     rd = RunDir(job.run_dir)
-    rd.read_metrics()  # a garbled row is a one-line NGTError, before anything is written there
+    rows = rd.read_metrics()  # a garbled row is a one-line NGTError, before anything is written there
     summary = rd.read_summary()  # so is a damaged summary
-    if summary is None or summary.config is None:
-        return  # nothing trained there yet, or a run from before summaries held their config
+    if summary is None:
+        return  # nothing trained there yet
+    if summary.done_under(job.config.budget):
+        _check_rows_reach(rd, summary, rows)  # a skip would keep them lost
+    else:
+        rd.checkpoint_to_go_on(summary)  # missing, damaged or unsafe: refused now
     allowed = (*NEUTRAL_KEYS, "budget") if continuing else NEUTRAL_KEYS
-    changed = differences(summary.config, plain(job.config), allowed)
+    changed = differences(rd.recorded_config(summary), plain(job.config), allowed)
     if changed:
         what = "a finished run" if summary.status == Status.completed else "a run"
         raise NGTError(f"{job.run_dir} holds {what} of another config ({'; '.join(changed[:3])}); "
@@ -118,6 +123,16 @@ def check_run_dir(job: Job, continuing: bool) -> None:
     if continuing and job.config.budget.max_steps < summary.final_step:
         raise NGTError(f"budget.max_steps={job.config.budget.max_steps} is below step {summary.final_step}, "
                        f"where {job.run_dir} stands")
+
+
+def _check_rows_reach(rd: RunDir, summary: RunSummary, rows: list[dict]) -> None:
+    """A completed run evaluated its last step: rows that end before it were cut by hand or
+    by damage, not by a crash (the summary is written after the row), and a skip would let
+    the report give an earlier step's numbers as the run's."""
+    last = rows[-1]["step"] if rows else None
+    if summary.status == Status.completed and last != summary.final_step:
+        raise NGTError(f"{rd.metrics} ends at step {last} but {rd.summary.name} says the run completed at step "
+                       f"{summary.final_step}: its last rows are lost; force=true trains the run again")
 
 
 def preflight(overrides: list[str], multirun: bool, continuing: bool = False,

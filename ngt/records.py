@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Optional
 
-from ngt.config import Config, plain
+from ngt.config import BudgetConfig, Config, plain
 from ngt.errors import NGTError
 
 
@@ -112,12 +112,21 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def done_under(self, budget: BudgetConfig) -> bool:
+        """Whether a launch with ``budget`` has nothing to train: the run completed it, or
+        paused at or past where that launch would pause it (a halving rung launched again)."""
+        if self.status == Status.completed:
+            return self.final_step == budget.max_steps
+        return (self.status == Status.paused and budget.stop_at is not None
+                and self.final_step >= min(budget.stop_at, budget.max_steps))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSummary:
         """Read back; keys this version does not know are ignored, missing optional ones
         take their defaults. A record missing a required key raises NGTError."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
+        _check_shapes(values)
         try:
             summary = cls(**values)
         except TypeError as e:
@@ -129,6 +138,28 @@ class RunSummary:
         if isinstance(summary.throughput, dict):
             summary.throughput = Throughput(**summary.throughput)
         return summary
+
+
+# What each field of summary.json must hold where it is not null: a hand-edited or damaged
+# summary is refused when read, not met later as a type error deep in a comparison.
+_SHAPES: dict[str, type | tuple[type, ...]] = {
+    "status": str, "variant": str, "arch": str, "model": str, "data": str, "budget": str, "seeds": dict,
+    "max_steps": int, "config": dict, "final_step": int, "message": str, "params": int, "schedule_changes": list,
+    "resumed_at_steps": list, "elapsed_s": (int, float), "throughput": dict, "code": dict, "best_step": int,
+    "val_loss_final": (int, float), "val_loss_best": (int, float), "processes": int}
+_REQUIRED = ("status", "variant", "arch", "model", "data", "budget", "seeds", "max_steps")
+
+
+def _check_shapes(values: dict[str, Any]) -> None:
+    for key, kind in _SHAPES.items():
+        v = values.get(key)
+        if v is None:
+            if key in _REQUIRED:
+                raise NGTError(f"it has no {key}")
+        elif not isinstance(v, kind) or (isinstance(v, bool) and kind in (int, (int, float))):
+            raise NGTError(f"its {key} is {type(v).__name__} {str(v)[:30]!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values["seeds"].values()):
+        raise NGTError(f"its seeds are not whole numbers ({str(values['seeds'])[:40]})")
 
 
 @dataclass

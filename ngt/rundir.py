@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from ngt.atomic import atomic_write_bytes, naming_the_file
 from ngt.errors import NGTError
-from ngt.records import RunSummary, finite_or_none
+from ngt.records import Checkpoint, RunSummary, finite_or_none
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -143,6 +143,29 @@ class RunDir:
             return None
         except (ValueError, AttributeError, TypeError, NGTError) as e:  # bad JSON or UTF-8, not a summary
             raise NGTError(f"{self.summary} is damaged ({str(e).splitlines()[0][:120]})") from None
+
+    def checkpoint_to_go_on(self, summary: Optional[RunSummary]) -> Optional[Checkpoint]:
+        """``last.pt``, checked (digest, safe load), for a run that goes on from it; None for
+        one with nothing trained yet. A run past step 0 without it is refused."""
+        from ngt.checkpoint import load_checkpoint  # torch: only where a run goes on
+
+        if not self.last.exists():
+            if summary is not None and summary.final_step > 0:
+                raise NGTError(f"{self.path} stands at step {summary.final_step} but has no {self.last.name} to go "
+                               "on from; force=true trains it again from the start")
+            return None
+        return load_checkpoint(self.last)
+
+    def recorded_config(self, summary: RunSummary) -> dict[str, Any]:
+        """The config the run was trained with: its summary's, or (a summary from before
+        summaries held it) its checkpoint's."""
+        if summary.config is not None:
+            return summary.config
+        ckpt = self.checkpoint_to_go_on(summary)
+        if ckpt is None:
+            raise NGTError(f"{self.summary} records no config and the run has no checkpoint to read it from: "
+                           "force=true trains it again")
+        return ckpt.config
 
     def write_summary(self, summary: RunSummary) -> None:
         text = json.dumps(summary.to_dict(), indent=2) + "\n"

@@ -12,7 +12,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from ngt.checkpoint import load_checkpoint
 from ngt.config import NEUTRAL_KEYS, Config, differences, plain
 from ngt.errors import NGTError, os_error_line
 from ngt.provenance import CodeVersion, code_version
@@ -104,35 +103,21 @@ def _train_locked(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> di
         log.info("force=true: %s starts over", rd.path)
         rd.clear()
     prior = rd.read_summary()
-    if prior is not None and _done(prior, cfg):
-        changed = differences(prior.config, plain(cfg), NEUTRAL_KEYS) if prior.config else []
+    if prior is not None and prior.done_under(cfg.budget):
+        changed = differences(rd.recorded_config(prior), plain(cfg), NEUTRAL_KEYS)
         if changed:
             raise NGTError(f"{rd.path} holds a finished run of another config ({'; '.join(changed[:3])})")
         log.info("run already %s at step %d: %s (skipped)", prior.status, prior.final_step, rd.path)
         _warn_if_other_code(prior, rd)
         return _decided(procs, {**prior.to_dict(), "skipped": True})
-    if not rd.last.exists():
-        if prior is not None and prior.final_step > 0:
-            raise NGTError(f"{rd.path} stands at step {prior.final_step} but has no {rd.last.name} to go on "
-                           "from; force=true trains it again from the start")
-        _decided(procs, None)
-        return Trainer(cfg, rd, job_num, procs).run(None).to_dict()
-    ckpt = load_checkpoint(rd.last)
-    changed = differences(ckpt.config, plain(cfg), RESUMABLE_KEYS)
-    if changed:
-        raise NGTError(f"{rd.path} holds a run with a different config ({'; '.join(changed[:3])}); "
-                       "use another output directory to start a new run")
+    ckpt = rd.checkpoint_to_go_on(prior)
+    if ckpt is not None:
+        changed = differences(ckpt.config, plain(cfg), RESUMABLE_KEYS)
+        if changed:
+            raise NGTError(f"{rd.path} holds a run with a different config ({'; '.join(changed[:3])}); "
+                           "use another output directory to start a new run")
     _decided(procs, None, ckpt)
     return Trainer(cfg, rd, job_num, procs).run(ckpt).to_dict()
-
-
-def _done(prior: RunSummary, cfg: Config) -> bool:
-    """Whether this launch has nothing to train: the run completed its budget, or paused at
-    or past where this launch would pause it (a rung of a halving sweep launched again)."""
-    b = cfg.budget
-    if prior.status == Status.completed:
-        return prior.final_step == b.max_steps
-    return prior.status == Status.paused and b.stop_at is not None and prior.final_step >= min(b.stop_at, b.max_steps)
 
 
 def _warn_if_other_code(prior: RunSummary, rd: RunDir) -> None:

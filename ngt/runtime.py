@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from ngt.config import CompileMode, TrainConfig
+from ngt.config import DEVICES, CompileMode, TrainConfig
 from ngt.errors import NGTError, RunFailed
 
 
@@ -142,6 +142,8 @@ def pick_device(name: str, job_num: int = 0, setting: str = "train.device",
     (submitit_local shows every job all GPUs) spread over the GPUs by job number; under
     Slurm each job sees only its own GPU, so this is cuda:0 there. The processes of a
     data-parallel run take one GPU each, cuda:LOCAL_RANK."""
+    if not DEVICES.fullmatch(name):
+        raise NGTError(f"{setting}={name!r} is out of range: auto, cpu, cuda or cuda:N")
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

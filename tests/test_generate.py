@@ -166,3 +166,4 @@ def test_bad_arguments_give_one_line_errors(capsys, tmp_path):
     assert "not a valid float" in _error(["run=x", "temperature=hot"], capsys)
     assert "key=value" in _error(["run"], capsys)
     assert "run=" in _error([], capsys)
+    assert "device='tpu' is out of range: auto, cpu, cuda or cuda:N" in _error(["run=x", "device=tpu"], capsys)

@@ -106,9 +106,34 @@ def test_flipped_checkpoint_bytes_are_caught_and_leftovers_removed(finished, tmp
     last.write_bytes(bytes(data))
     leftover = run / "checkpoints" / ".last.pt.tmp99999"
     leftover.write_bytes(b"x" * 1000)
+    before = fingerprint(run)
     proc = screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path)
     assert proc.returncode == 2 and "does not match its digest" in one_error_line(proc)
-    assert bytes(data) == last.read_bytes() and not leftover.exists()
+    assert fingerprint(run) == before  # refused before Hydra rewrote .hydra/ with the command
+    data[at] ^= 0x01
+    last.write_bytes(bytes(data))
+    screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path, check=True)
+    assert not leftover.exists()
+
+
+def test_a_completed_run_whose_last_rows_are_lost_is_not_skipped(finished, tmp_path):
+    args, run = copy_run(finished, tmp_path)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    proc = screen(*args, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{metrics} ends at step 5 but summary.json says the run completed at step 10" in one_error_line(proc)
+
+
+def test_a_summary_without_its_config_is_checked_against_the_checkpoints(finished, tmp_path):
+    """A run from before summaries held their config: another variant is refused, not skipped."""
+    args, run = copy_run(finished, tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["config"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    proc = screen(*args, "variant=baseline", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds a finished run of another config (variant" in one_error_line(proc)
+    screen(*args, f"hydra.run.dir={run}", cwd=tmp_path, check=True)  # its own command: skipped
 
 
 def test_non_finite_training_keeps_a_finite_last_checkpoint_that_samples(tmp_path, small_corpus):
@@ -160,6 +185,9 @@ def test_a_read_only_folder_is_one_line_naming_the_cause(small_disk, finished, t
     ("model.dropout=1.5", "model.dropout=1.5 is out of range: 0 <= dropout < 1"),
     ("train.grad_clip=-1", "train.grad_clip=-1.0 is out of range"), ("train.grad_clip=0", "train.grad_clip=0.0"),
     ("train.lr=-1", "train.lr=-1.0 is out of range: greater than 0"), ("train.beta2=1.5", "train.beta2=1.5"),
+    ("train.lr=inf", "train.lr=inf is out of range: greater than 0 and finite"),
+    ("+train.lrr=0.1", "train.lrr is not a setting of ngt: did you mean train.lr?"),
+    ("+foo=1", "foo is not a setting of ngt"),
     ("train.device=tpu", "train.device='tpu' is out of range: auto, cpu, cuda or cuda:N"),
     ("train.block_size=1000", "at most the model's context"), ("budget.max_steps=0", "budget.max_steps=0"),
     ("variant.radius=sharp", "Invalid value 'sharp', expected one of [hard, soft, none]"),
