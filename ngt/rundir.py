@@ -34,7 +34,11 @@ OWNER = ".lock.owner"  # who holds it, for the message of a launch that finds it
 
 
 class RunBusy(NGTError):
-    """Another process is training this run directory."""
+    """Another process is training this run directory (with ``config``, where it said)."""
+
+    def __init__(self, message: str, config: Optional[dict[str, Any]]):
+        super().__init__(message)
+        self.config = config
 
 
 @dataclass(frozen=True)
@@ -62,27 +66,52 @@ class RunDir:
         return self.path / "tb"
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, config: dict[str, Any]) -> Iterator[None]:
         """Hold the run directory for this process while the block runs; raises RunBusy,
-        naming the holder, where another process holds it."""
+        naming the holder and its config, where another process holds it. The holder's
+        ``.hydra/`` record is put back at the end if a launch that found the run busy
+        overwrote it (Hydra writes it before the run is reached)."""
         self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.path / LOCK, timeout=0)
         try:
             lock.acquire()
         except Timeout:
-            raise RunBusy(f"{self.path} is being trained by {self._owner()}") from None
+            holder, its_config = self._owner()
+            raise RunBusy(f"{self.path} is being trained by {holder}", its_config) from None
+        record: dict[Path, bytes] = {}
         try:
-            owner = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-            atomic_write_bytes(self.path / OWNER, lambda f: f.write(owner.encode()))
+            who = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            text = json.dumps({"holder": who, "config": config})
+            atomic_write_bytes(self.path / OWNER, lambda f: f.write(text.encode()))
+            record = self._hydra_record()
             yield
         finally:
-            lock.release()
+            try:
+                self._restore_hydra_record(record)
+            except OSError:
+                pass  # a full disk: the run's own error says so; the record stays as the other launch left it
+            finally:
+                lock.release()
 
-    def _owner(self) -> str:
+    def _owner(self) -> tuple[str, Optional[dict[str, Any]]]:
         try:
-            return (self.path / OWNER).read_text().strip() or "another process"
-        except OSError:
-            return "another process"
+            owner = json.loads((self.path / OWNER).read_text())
+            return str(owner["holder"]), owner.get("config")
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process", None
+
+    def _hydra_record(self) -> dict[Path, bytes]:
+        folder = self.path / ".hydra"
+        return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
+
+    def _restore_hydra_record(self, record: dict[Path, bytes]) -> None:
+        for path, data in record.items():
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            atomic_write_bytes(path, lambda f, data=data: f.write(data))
 
     def remove_leftovers(self) -> None:
         """Temporary files of writes a kill interrupted (ngt.atomic): only their process

@@ -40,7 +40,7 @@ def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
 def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, Any]:
     """Rank 0, or the only process: holds the lock, decides, trains, records a failure."""
     try:
-        with rd.lock():
+        with rd.lock(plain(cfg)):
             try:
                 return _train_locked(cfg, rd, job_num, procs)
             except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, nothing saved
@@ -51,6 +51,10 @@ def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, 
                 _record(rd, cfg, Status.failed, failure_message(e, rd))
                 raise
     except RunBusy as e:
+        changed = differences(e.config, plain(cfg), NEUTRAL_KEYS) if e.config is not None else []
+        if changed:  # this command's run would never be trained: not a skip
+            raise NGTError(f"{e}, with another config ({'; '.join(changed[:3])}); "
+                           "run this command again once it has finished") from None
         log.info("%s (skipped)", e)
         return _decided(procs, {"status": "skipped", "message": str(e)})
 

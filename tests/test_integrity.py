@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, numbers, one_error_line, screen, wait_for_rows
+from conftest import TINY, compose, numbers, one_error_line, screen, wait_for_rows
 
 ARGS = [*TINY, "data=text", "budget.max_steps=10", "budget.eval_every=5", "budget.checkpoint_every=5"]
 
@@ -53,6 +53,43 @@ def test_a_grid_launched_twice_at_once_trains_every_run_once(tmp_path, small_cor
     assert "is being trained by pid" in "".join(outputs) or "(skipped)" in "".join(outputs)
     results = (tmp_path / "sweep" / "results.csv").read_text()
     assert results.count(",completed,") == 3
+
+
+def test_another_config_into_a_busy_run_is_an_error_and_its_record_stays(tmp_path, small_corpus):
+    """A second command into a run another process is training: the same config is a skip,
+    another one an error (it would never be trained), and the record of the run's own
+    command is back in .hydra/ when the run ends, whatever the second launch wrote there."""
+    run = tmp_path / "run"
+    args = [*ARGS, f"data.path={small_corpus}", "budget.max_steps=400", "budget.eval_every=5", f"hydra.run.dir={run}"]
+    first = subprocess.Popen([sys.executable, "-m", "ngt.screen", *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_rows(run / "metrics.jsonl", 2, first)
+        own = (run / ".hydra" / "overrides.yaml").read_bytes()
+        other = screen(*args, "train.lr=5e-3", cwd=tmp_path)
+        assert other.returncode == 2 and "of another config (train.lr: 0.001 -> 0.005)" in one_error_line(other)
+        same = screen(*args, "train.log_every=7", cwd=tmp_path)  # a neutral key: the same run
+        assert same.returncode == 0 and "(skipped)" in same.stdout + same.stderr
+        assert b"train.log_every=7" in (run / ".hydra" / "overrides.yaml").read_bytes()  # Hydra wrote first
+    finally:
+        first.wait(timeout=300)
+    assert first.returncode == 0
+    assert (run / ".hydra" / "overrides.yaml").read_bytes() == own
+
+
+def test_a_busy_run_of_another_config_is_not_a_skip(tmp_path, small_corpus):
+    """Found busy before its summary exists (the holder is still setting up, so the
+    preflight saw nothing): the holder's config, from its lock, decides skip or error."""
+    from ngt.config import plain
+    from ngt.errors import NGTError
+    from ngt.rundir import RunDir
+    from ngt.runner import train
+
+    args = [*ARGS, f"data.path={small_corpus}"]
+    with RunDir(tmp_path / "run").lock(plain(compose(*args))):
+        assert train(compose(*args), tmp_path / "run")["status"] == "skipped"
+        with pytest.raises(NGTError, match=r"is being trained by pid \d+ .*, with another config \(train.lr"):
+            train(compose(*args, "train.lr=5e-3"), tmp_path / "run")
 
 
 def test_a_refused_continue_leaves_every_file_as_it_was(finished, tmp_path):
