@@ -103,7 +103,10 @@ def check_run_dir(job: Job, continuing: bool) -> None:
     """Refuse a job whose run directory holds a run of another config (the neutral keys
     aside; with ``continue=`` also the budget, which may grow but not shrink), damaged
     records, or a checkpoint it could not go on from: all before Hydra writes there."""
-    if job.run_dir is None or job.config.force:
+    if job.run_dir is None:
+        return
+    _check_writable(job.run_dir)
+    if job.config.force:
         return
     rd = RunDir(job.run_dir)
     rows = rd.read_metrics()  # a garbled row is a one-line NGTError, before anything is written there
@@ -123,6 +126,15 @@ def check_run_dir(job: Job, continuing: bool) -> None:
     if continuing and job.config.budget.max_steps < summary.final_step:
         raise NGTError(f"budget.max_steps={job.config.budget.max_steps} is below step {summary.final_step}, "
                        f"where {job.run_dir} stands")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Hydra opens run.log there before ngt has control, and a read-only directory would end
+    in its traceback: refused here in one line instead."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        raise NGTError(f"{'Read-only file system' if read_only else 'Permission denied'}: {existing}")
 
 
 def _check_rows_reach(rd: RunDir, summary: RunSummary, rows: list[dict]) -> None:

@@ -210,8 +210,10 @@ def test_a_read_only_folder_is_one_line_naming_the_cause(small_disk, finished, t
     args, run = finished
     shutil.copytree(run, small_disk / "run", ignore=shutil.ignore_patterns("*.pt", "tb"))
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    proc = screen(*args, "budget.max_steps=15", f"hydra.run.dir={small_disk / 'fresh'}", cwd=tmp_path)
-    assert proc.returncode == 1 and "Read-only file system" in one_error_line(proc)
+    for where in ("fresh", "run"):  # a new run; a finished one, whose run.log Hydra would open first
+        proc = screen(*args, "budget.max_steps=15", f"hydra.run.dir={small_disk / where}", cwd=tmp_path)
+        named = small_disk / where if where == "run" else small_disk  # the nearest folder that exists
+        assert proc.returncode == 2 and one_error_line(proc) == f"error: Read-only file system: {named}"
 
 
 @pytest.mark.parametrize("override, named", [
