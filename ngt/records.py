@@ -195,6 +195,7 @@ class Checkpoint:
     vocab_size: int
     last_rep: Optional[float] = None  # the latest repulsion energy and gradient norm, as the metrics show them
     last_grad_norm: Optional[float] = None
+    data_fingerprint: Optional[str] = None  # the corpus's text and tokenizer (ngt.data.TokenData.fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -203,7 +204,7 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> Checkpoint:
-        optional = {"schedule_changes", "resumes", "last_rep", "last_grad_norm"}  # older checkpoints lack them
+        optional = {"schedule_changes", "resumes", "last_rep", "last_grad_norm", "data_fingerprint"}  # older checkpoints lack them
         missing = {f.name for f in fields(cls)} - optional - set(d)
         if missing:
             raise NGTError(f"{where} is not an ngt checkpoint (it has no {', '.join(sorted(missing))})")

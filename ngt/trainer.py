@@ -120,6 +120,7 @@ class Trainer:
                       "lr": self.cfg.train.lr, "min_lr": self.cfg.train.min_lr},
             schedule_changes=s.schedule_changes, resumes=s.resumes, tokenizer=self.data.tokenizer.to_json(),
             config=plain(self.cfg), vocab_size=self.vocab, last_rep=s.last_rep, last_grad_norm=s.last_grad_norm,
+            data_fingerprint=self.data.fingerprint,
         )
 
     def load_state_dict(self, ckpt: Checkpoint) -> None:
@@ -142,6 +143,10 @@ class Trainer:
         if ckpt.tokenizer != self.data.tokenizer.to_json():
             raise NGTError(f"{self.rd.last} was trained with a different tokenizer than "
                            f"data={self.cfg.data.name} gives now")
+        if ckpt.data_fingerprint not in (None, self.data.fingerprint):  # None: from before checkpoints held it
+            raise NGTError(f"{self.rd.last} was trained on other text than data={self.cfg.data.name} holds now "
+                           "(a corpus file changed since the run started): the run cannot go on on it; "
+                           "force=true trains it again")
         self.load_state_dict(ckpt)
         self.saved_step = ckpt.step
         s, budget = self.state, self.cfg.budget

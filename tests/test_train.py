@@ -160,3 +160,18 @@ def test_a_run_paused_at_rungs_goes_on_to_the_numbers_of_one_trained_straight(re
     assert summary["status"] == "completed"
     assert numbers(run) == numbers(tmp_path / "straight")
     assert (summary["best_step"], summary["val_loss_best"]) == (straight["best_step"], straight["val_loss_best"])
+
+
+def test_a_corpus_changed_under_a_paused_run_stops_it(small_corpus, tmp_path):
+    """Same path, same characters, other text: the run would go on on other batches."""
+    from ngt.errors import NGTError
+    from ngt.runner import train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(small_corpus.read_text())
+    args = [*TINY, "data=text", f"data.path={corpus}", "budget.max_steps=10", "budget.eval_every=5",
+            "budget.checkpoint_every=5", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert train(compose(*args, "budget.stop_at=5"), tmp_path / "run")["status"] == "paused"
+    corpus.write_text("\n".join(reversed(small_corpus.read_text().splitlines())) + "\n")
+    with pytest.raises(NGTError, match="was trained on other text than data=text holds now"):
+        train(compose(*args), tmp_path / "run")
