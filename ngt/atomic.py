@@ -21,11 +21,13 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with naming_the_file(path), open(tmp, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # named for the file the user knows, not its temporary sibling
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
     written, is reported by name and left untouched."""
     left = "it was left untouched: move it away to start the run over"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the outcome says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise NGTError(f"checkpoint not found: {path}") from None
-    except OSError as e:
+    except (PermissionError, IsADirectoryError) as e:
         raise NGTError(f"cannot read {path}: {e.strerror}") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for broken files
+    except Exception as e:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError, ... for broken files
+        if "Weights only load failed" in str(e):  # objects or instructions the safe unpickler will not run
+            raise NGTError(f"checkpoint {path} holds objects a safe load refuses to build (code could run); "
+                           f"{left}") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "GLOBAL" in str(e):  # an object to build by calling code the file names: refused, not broken
-            raise NGTError(f"checkpoint {path} holds objects a safe load refuses to build (code could run); {left}") from None
         raise NGTError(f"checkpoint {path} is unreadable or truncated ({reason[:160]}); {left}") from None
     if not isinstance(state, dict):
         raise NGTError(f"{path} is not an ngt checkpoint (no model state and step)")

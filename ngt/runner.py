@@ -44,7 +44,7 @@ def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, 
             try:
                 return _train_locked(cfg, rd, job_num, procs)
             except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, nothing saved
-                _record(rd, cfg, Status.interrupted, "stopped at once by a second Ctrl-C; "
+                _record(rd, cfg, Status.interrupted, "stopped at once by Ctrl-C (during set-up, or a second one); "
                                                      "resumes from its last periodic checkpoint")
                 raise
             except Exception as e:

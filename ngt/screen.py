@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0)
     except KeyboardInterrupt:
-        log.error("stopped at once by a second Ctrl-C: %s resumes from its last periodic checkpoint", run_dir)
+        log.error("stopped at once by Ctrl-C (during set-up, or a second one): %s resumes from its last periodic "
+                  "checkpoint", run_dir)
         sys.exit(130)
     except Exception as e:  # recorded in the run's summary by train(); here, the log and the exit status
         message = str(e) if isinstance(e, NGTError) else os_error_line(e) if isinstance(e, OSError) else \

@@ -3,6 +3,7 @@ full and read-only disks, bad settings. Every case through the real command line
 
 import hashlib
 import json
+import pickle
 import shutil
 import signal
 import subprocess
@@ -271,3 +272,25 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, small_corpu
     out = proc.communicate(timeout=60)[0]
     assert "Traceback" not in out, out[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+class _Payload:
+    """Unpickled by a careless loader, it would create ``marker``: code run from a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_an_unsafe_checkpoint_is_refused_for_safety_and_never_run(finished, tmp_path, protocol):
+    args, run = copy_run(finished, tmp_path)
+    marker = tmp_path / "code-ran"
+    with (run / "checkpoints" / "last.pt").open("wb") as f:
+        pickle.dump({"model": _Payload(marker)}, f, protocol=protocol)
+    proc = screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds objects a safe load refuses to build (code could run)" in \
+        one_error_line(proc)
+    assert not marker.exists()
