@@ -369,9 +369,9 @@ def test_a_report_that_cannot_be_written_costs_one_line(tmp_path, small_corpus):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
     (line,) = [x for x in log.splitlines() if "the report could not be written" in x]
-    assert "IsADirectoryError" in line and f"python -m ngt.report {sweep}" in line
+    assert f"Is a directory: {sweep / 'results.csv'}" in line and f"python -m ngt.report {sweep}" in line
     assert "Traceback" not in log
-    assert "Traceback" in (sweep / "report-traceback.txt").read_text()
+    assert not (sweep / "report-traceback.txt").exists()  # a disk's failure, not a bug: no traceback to keep
     (run,) = sweep.glob("*/summary.json")  # the run itself is recorded as usual
     assert RunDir(run.parent).read_summary().status == "failed"
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ngt.errors import NGTError, needs_packages
+from ngt.errors import NGTError, needs_packages, os_error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except NGTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --out on a full or read-only disk, or not a directory
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     counts = ", ".join(f"{n} {s}" for s, n in report.runs["status"].value_counts().items())
     n = len(report.runs)
     print(f"{n} run{'s' if n != 1 else ''} ({counts}); report in {report.out}:\n"

@@ -19,10 +19,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ngt.errors import NGTError, needs_packages
+from ngt.errors import NGTError, needs_packages, os_error_line
+from ngt.report.files import TRACEBACK
 
 log = logging.getLogger("ngt.report")
-TRACEBACK = "report-traceback.txt"
 
 
 def _print_answer(report) -> None:
@@ -33,22 +33,40 @@ def _print_answer(report) -> None:
             log.info("%s%s", "at equal training time: " if at_time else "", line)
 
 
+def _keep_traceback(sweep_dir: Path) -> str:
+    """A bug's traceback, beside the runs rather than over the log; where it went, or why
+    not (the disk that failed the report may fail this write too)."""
+    path = sweep_dir / TRACEBACK
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError as e:
+        return f" (its traceback could not be saved: {os_error_line(e)})"
+    return f" (traceback in {path})"
+
+
+def _report(sweep_dir: Path):
+    """The report written, or the command ended with one line and exit status 1: Hydra would
+    turn an exception escaping a callback into a warning and exit 0."""
+    try:
+        with needs_packages("the report"):  # pandas, plotly, scipy: a bundle may lack one
+            from ngt.report import write_report
+        return write_report([sweep_dir], sweep_dir)
+    except NGTError as e:
+        why = str(e)
+    except OSError as e:  # a full or read-only disk: no traceback file to write there
+        why = os_error_line(e)
+    except Exception as e:  # a bug; the runs are done and saved
+        why = f"{type(e).__name__}: {e}" + _keep_traceback(sweep_dir)
+    log.error("the report could not be written: %s; once fixed: python -m ngt.report %s", why, sweep_dir)
+    sys.exit(1)
+
+
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", 0)) > 0:  # a grid of data-parallel runs under torchrun: rank 0 reports
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            with needs_packages("the report"):  # pandas, plotly, scipy: a bundle may lack one
-                from ngt.report import write_report
-            report = write_report([sweep_dir], sweep_dir)
-        except Exception as e:  # the runs are done and saved: one line on how to get their report instead
-            why = str(e) if isinstance(e, NGTError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, NGTError):  # a bug: its traceback goes beside the runs, not over the log
-                (sweep_dir / TRACEBACK).write_text(traceback.format_exc())
-                why += f" (traceback in {sweep_dir / TRACEBACK})"
-            log.error("the report could not be written: %s; once fixed: python -m ngt.report %s", why, sweep_dir)
-            sys.exit(1)
+        report = _report(sweep_dir)
         runs = report.runs
         _print_answer(report)
         log.info("report: %s (Summary.md, report.md, results.csv beside it)", report.pages.index)

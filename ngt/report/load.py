@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 
 from ngt.config import is_neutral
-from ngt.errors import NGTError
-from ngt.records import RunSummary
+from ngt.errors import NGTError, os_error_line
+from ngt.records import RunSummary, Status
 from ngt.rundir import METRICS, SUMMARY, RunDir
 from ngt.naming import sweep_dir_overrides
 from ngt.provenance import CodeVersion
@@ -35,6 +35,8 @@ REPLICATE_KEYS = ("seed", "data_seed")
 # Overrides tuned per variant: runs differing only in them are in one group, and each
 # variant is compared at its own best value (ngt.report.lr).
 TUNED_KEYS = ("train.lr",)
+# A run's own folders: they hold no runs, and tb/ can hold many files.
+RUN_PARTS = ("checkpoints", "tb", ".hydra")
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
         for root, dirs, _ in os.walk(top):
             if is_run_dir(Path(root)):
                 found.append(Path(root))
-                dirs[:] = []  # checkpoints/, tb/ and .hydra/ hold no runs
-            else:
-                dirs.sort()
+                # Runs can lie below a run: one trained into a sweep directory (hydra.run.dir=SWEEP).
+                dirs[:] = [d for d in dirs if d not in RUN_PARTS]
+            dirs.sort()
     if not found:
         listed = ", ".join(str(p) for p in paths)
         raise NGTError(f"no run directories under {listed} (a run directory holds summary.json, metrics.jsonl "
@@ -122,6 +124,8 @@ def _read_summary(rd: RunDir) -> tuple[RunSummary | None, str | None]:
         return rd.read_summary(), None
     except NGTError as e:
         return None, str(e)
+    except OSError as e:  # a directory in its place, no permission
+        return None, os_error_line(e)
 
 
 def _read_metrics(rd: RunDir) -> tuple[list[dict], Optional[str]]:
@@ -129,6 +133,39 @@ def _read_metrics(rd: RunDir) -> tuple[list[dict], Optional[str]]:
         return rd.read_metrics(), None
     except NGTError as e:
         return [], str(e)
+    except OSError as e:
+        return [], os_error_line(e)
+
+
+def _row_written(summary: RunSummary, config: dict) -> bool:
+    """Whether the trainer wrote the row of the summary's final_step before the summary: the
+    row of an evaluated step precedes the completed, paused or diverged (failed_step) summary
+    of that step. A running or interrupted summary, or a failure ngt.runner recorded, may
+    stand at the step its launch started from, whose row a resume has yet to make again."""
+    s, step = summary, summary.final_step
+    if s.status not in (Status.completed, Status.paused) and not (s.status == Status.failed and s.failed_step):
+        return False
+    budget = config.get("budget")
+    every = budget.get("eval_every") if isinstance(budget, dict) else None
+    if isinstance(every, int) and isinstance(step, int) and every > 0 and step % every == 0:
+        return True
+    # max_steps is evaluated too, where the last launch took a step (one from a checkpoint at
+    # max_steps makes that row again only at an eval_every step). -1: a fresh run.
+    started = (s.resumed_at_steps or [-1])[-1]
+    return s.status == Status.completed and step == s.max_steps and isinstance(started, int) and step > started
+
+
+def _cut_short(rd: RunDir, summary: RunSummary | None, config: dict, metrics: list[dict]) -> Optional[str]:
+    """Why metrics.jsonl is not the whole record: it ends before the step whose row the
+    trainer wrote before its summary (a file cut or copied short). Its losses would be taken
+    for the run's final ones."""
+    if summary is None or not _row_written(summary, config):
+        return None
+    last = max((r["step"] for r in metrics), default=None)
+    if last is not None and last >= summary.final_step:
+        return None
+    ends = f"ends at step {last}" if last is not None else "has no rows" if rd.metrics.exists() else "is missing"
+    return f"{rd.metrics} {ends} but {SUMMARY} says the run {summary.status} at step {summary.final_step}"
 
 
 def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[str, str]]:
@@ -139,7 +176,10 @@ def _run_row(path: Path, root: Path) -> tuple[dict[str, Any], list[dict], dict[s
     items = _override_items(overrides)
     # The config the run recorded itself, else Hydra's (a run that never reached the trainer).
     config = (summary.config if summary else None) or hydra_config
-    damaged = damaged or bad_metrics
+    cut = _cut_short(rd, summary, config, metrics)
+    if cut:
+        metrics = []  # its last rows would pass for the run's final numbers
+    damaged = damaged or bad_metrics or cut
     variant_cfg, model_cfg, train_cfg = config.get("variant", {}), config.get("model", {}), config.get("train", {})
     steps = [r["step"] for r in metrics]
     row = {
@@ -234,6 +274,9 @@ def load_runs(paths: Iterable[Path], root: Path) -> Sweep:
         row["_group_items"] = group
         row.update({k: items.get(k) for k in override_keys})
     runs = pd.DataFrame(rows).set_index("run", drop=False)
+    # A run with no readable config has no lr: NaN, not None, so lr is a float column in every
+    # table and merge (lr.chosen_runs).
+    runs["lr"] = pd.to_numeric(runs["lr"], errors="coerce").astype(float)
     # Baseline first, then variants by name, seeds in order: the order of every table.
     order = runs.assign(_b=runs["label"] != "baseline").sort_values(["group", "_b", "label", "lr", "seed"],
                                                                       kind="stable")

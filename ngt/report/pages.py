@@ -18,6 +18,7 @@ from ngt.report.probes_page import PLOTLY_JS, write_probe_page
 from ngt.report.analysis import Analysis
 from ngt.report.coords import ValidationSamples, run_coords
 from ngt.report.curves import same_note
+from ngt.report.files import write_text
 
 log = logging.getLogger("ngt.report")
 
@@ -44,8 +45,7 @@ def _figure(fig: go.Figure, div_id: str | None = None) -> str:
 
 def _write(path: Path, title: str, fig: go.Figure, note: str = "") -> Path:
     body = f'<p><a href="../index.html">index</a></p>{note}{_figure(fig)}'
-    path.write_text(_page(title, body, PLOTLY_JS), encoding="utf-8")
-    return path
+    return write_text(path, _page(title, body, PLOTLY_JS))
 
 
 def _slug(name: str) -> str:
@@ -92,7 +92,7 @@ def _index(a: Analysis, out: Path, pages: Pages, title: str, losses: go.Figure |
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
             + (_figure(losses) + _figure(plots.losses_zoom(a)) if losses is not None else "")
             + f"<h2>Runs</h2>{index_page.runs_table(a)}")
-    pages.index.write_text(_page(title, body, f"plots/{PLOTLY_JS}"), encoding="utf-8")
+    write_text(pages.index, _page(title, body, f"plots/{PLOTLY_JS}"))
 
 
 def write_pages(a: Analysis, out: Path, title: str) -> Pages:
@@ -101,7 +101,7 @@ def write_pages(a: Analysis, out: Path, title: str) -> Pages:
     plot_dir.mkdir(parents=True, exist_ok=True)
     for old in plot_dir.glob("*.html"):  # pages of runs renamed or gone since the last report
         old.unlink()
-    (plot_dir / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    write_text(plot_dir / PLOTLY_JS, plotly.offline.get_plotlyjs())
     pages = Pages(index=out / "index.html")
     losses = None
     if a.sweep.metrics.empty:

@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 from ngt.errors import NGTError
 from ngt.probes import group_distances, read_probes
 from ngt.report.coords import pca3
+from ngt.report.files import write_text
 
 PAGE = "probes.html"
 PLOTLY_JS = "plotly.min.js"  # where the report's pages load plotly.js from, in plots/ (ngt.report.pages uses it)
@@ -169,9 +170,9 @@ def write_probe_page(runs: pd.DataFrame, out_dir: Path) -> Optional[Path]:
     plots_dir = Path(out_dir) / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     if not (plots_dir / PLOTLY_JS).exists():  # drawn before, or without, the report's other pages
-        (plots_dir / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+        write_text(plots_dir / PLOTLY_JS, plotly.offline.get_plotlyjs())
     colour = _group_colours(found)
     figures = [distances(found, colour), *(positions(name, records, colour) for name, records in found.items())]
     path = plots_dir / PAGE
-    path.write_text(_page(figures, notes), encoding="utf-8")
+    write_text(path, _page(figures, notes))
     return path

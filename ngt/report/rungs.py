@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -14,14 +15,30 @@ import pandas as pd
 
 from ngt.halving import STATE
 
+log = logging.getLogger("ngt.report")
+DAMAGED = "damaged"  # the key of what read() returns for a file it cannot show
+
 
 def read(dirs: Iterable[Path]) -> Optional[dict[str, Any]]:
-    """The decisions of the first halving sweep among ``dirs``; None where none was one."""
+    """The decisions of the first halving sweep among ``dirs``; None where none was one;
+    ``{DAMAGED: why}`` where its halving.json cannot be read or shown."""
     for d in dirs:
+        path = Path(d) / STATE
         try:
-            return json.loads((Path(d) / STATE).read_text())
-        except (OSError, ValueError):
+            decisions = json.loads(path.read_text())
+            table(decisions), saved(decisions)  # every key the report shows, of the right kind
+            return decisions
+        except FileNotFoundError:
             continue
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+        except ValueError as e:  # not JSON, not UTF-8, or a value of the wrong kind
+            why = str(e).splitlines()[0][:80]
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            why = f"not halving decisions: {type(e).__name__} {e}"[:100]
+        note = f"{path} is damaged ({why}): the halving decisions are not shown"
+        log.warning("report: %s", note)
+        return {DAMAGED: note}
     return None
 
 
@@ -51,6 +68,8 @@ def markdown(decisions: Optional[dict[str, Any]]) -> str:
 
     if not decisions:
         return ""
+    if DAMAGED in decisions:
+        return f"## Successive halving\n\n{decisions[DAMAGED]}.\n"
     return ("## Successive halving\n\n" + saved(decisions) + ". At each rung, each configuration's mean "
             "validation loss minus the reference baseline's, paired over seeds; the best 1/eta went on.\n\n"
             + md_table(table(decisions), {"step": ("rung step", text), "configuration": ("configuration", text),
@@ -60,6 +79,8 @@ def markdown(decisions: Optional[dict[str, Any]]) -> str:
 def html_section(decisions: Optional[dict[str, Any]]) -> str:
     if not decisions:
         return ""
+    if DAMAGED in decisions:
+        return f'<h2>Successive halving</h2><p class="note">{html.escape(decisions[DAMAGED])}.</p>'
     rows = "".join(
         f"<tr><td>{r.step}</td><td>{html.escape(r.configuration)}</td>"
         f"<td>{'n/a' if pd.isna(r.delta) else f'{r.delta:+.4f}'}</td><td>{html.escape(r.fate)}</td></tr>"

@@ -9,8 +9,10 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
+from ngt.atomic import naming_the_file
 from ngt.report import report_md, summary_md, tables
 from ngt.report.analysis import Analysis, analyse
+from ngt.report.files import TRACEBACK, write_text
 from ngt.report.load import load_runs
 from ngt.report.pages import Pages, write_pages
 
@@ -35,10 +37,12 @@ def write_report(dirs: Iterable[Path], out: Path, window: Optional[list[int]] = 
     out.mkdir(parents=True, exist_ok=True)
     a = analyse(sweep, window)
     title = dirs[0].resolve().name if len(dirs) == 1 else f"{len(dirs)} directories"
-    a.results[tables.csv_columns(sweep)].to_csv(out / "results.csv", index=False)
-    (out / "Summary.md").write_text(summary_md.render(a, title), encoding="utf-8")
-    (out / "report.md").write_text(report_md.render(a, title), encoding="utf-8")
+    with naming_the_file(out / "results.csv"):
+        a.results[tables.csv_columns(sweep)].to_csv(out / "results.csv", index=False)
+    write_text(out / "Summary.md", summary_md.render(a, title))
+    write_text(out / "report.md", report_md.render(a, title))
     pages = write_pages(a, out, title)
+    (out / TRACEBACK).unlink(missing_ok=True)  # an earlier report's failure, now stale
     return Report(out, a, pages)
 
 
