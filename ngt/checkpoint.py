@@ -60,6 +60,18 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
     atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
 
 
+def _why_unloadable(e: Exception) -> str:
+    """What torch.load's failure means, without its advice to load unsafely."""
+    text = str(e)
+    if "Weights only load failed" in text:  # the safe unpickler stopped; nothing was run
+        detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        if "GLOBAL" in detail:  # an object to build by calling code the file names
+            return "holds objects a safe load refuses to build (code could run)"
+        return f"is not a file a safe load reads ({detail[:80] or 'refused'}; nothing in it was run)"
+    reason = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return f"is unreadable or truncated ({reason[:160]})"
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load safely; a file that cannot be read, or whose content changed since it was
     written, is reported by name and left untouched."""
@@ -73,11 +85,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (PermissionError, IsADirectoryError) as e:
         raise NGTError(f"cannot read {path}: {e.strerror}") from None
     except Exception as e:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError, ... for broken files
-        if "Weights only load failed" in str(e):  # objects or instructions the safe unpickler will not run
-            raise NGTError(f"checkpoint {path} holds objects a safe load refuses to build (code could run); "
-                           f"{left}") from None
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NGTError(f"checkpoint {path} is unreadable or truncated ({reason[:160]}); {left}") from None
+        raise NGTError(f"checkpoint {path} {_why_unloadable(e)}; {left}") from None
     if not isinstance(state, dict):
         raise NGTError(f"{path} is not an ngt checkpoint (no model state and step)")
     expected = state.pop(DIGEST, None)  # checkpoints written before digests have none

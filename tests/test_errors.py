@@ -48,13 +48,15 @@ def test_missing_corpus(tmp_path):
     fails_with(proc, str(tmp_path / "nowhere.txt"))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
-def test_unreadable_checkpoint_is_named_and_left_alone(tmp_path, small_corpus, content):
+@pytest.mark.parametrize("content, why", [(b"", "unreadable or truncated"),
+                                          (b"not a checkpoint at all", "is not a file a safe load reads"),
+                                          (b"PK\x03\x04truncated zip", "unreadable or truncated")])
+def test_unreadable_checkpoint_is_named_and_left_alone(tmp_path, small_corpus, content, why):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(content)
     proc = screen(*TINY, "data=text", f"data.path={small_corpus}", f"hydra.run.dir={run}", cwd=tmp_path)
-    fails_with(proc, str(run / "checkpoints" / "last.pt"), "unreadable or truncated")
+    fails_with(proc, str(run / "checkpoints" / "last.pt"), why)
     assert (run / "checkpoints" / "last.pt").read_bytes() == content
 
 

@@ -41,10 +41,15 @@ def test_configurations_are_named_by_what_varies():
     assert [configuration(j, varying_keys(jobs)) for j in jobs] == ["variant=a", "variant=b", "variant=a"]
 
 
-def sweep_args(corpus: Path, where: Path) -> list[str]:
+def sweep_args(corpus: Path, where: Path, variants: str = "baseline,ngt_default,mass_in_value",
+               seeds: str = "1,2") -> list[str]:
     return ["-m", "hydra/sweeper=halving", *TINY, "data=text", f"data.path={corpus}", "model.attn_impl=reference",
-            "variant=baseline,ngt_default,mass_in_value", "seed=1,2", "budget.max_steps=9", "budget.eval_every=1",
+            f"variant={variants}", f"seed={seeds}", "budget.max_steps=9", "budget.eval_every=1",
             "budget.checkpoint_every=1", "budget.eval_batches=1", "train.threads=1", f"hydra.sweep.dir={where}"]
+
+
+# For the launchers: two configurations, one seed (every rung launches two jobs).
+SMALL = {"variants": "baseline,ngt_default", "seeds": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +100,12 @@ def test_a_halving_sweep_killed_mid_rung_finishes_with_the_same_decisions(refere
         assert numbers(where / run.name) == numbers(run)
 
 
-def test_a_halving_sweep_under_the_local_launcher_takes_the_same_decisions(reference, small_corpus, tmp_path):
+def test_a_halving_sweep_under_the_local_launcher_takes_the_same_decisions(small_corpus, tmp_path):
     """Each rung's runs as processes at once (hydra/launcher=local): the decisions and numbers
     of the sweep that ran them one after another."""
-    where = tmp_path / "sweep"
-    screen(*sweep_args(small_corpus, where), "hydra/launcher=local", cwd=tmp_path, check=True)
-    assert decisions(where) == decisions(reference)
-    for run in reference.glob("seed=*"):
-        assert numbers(where / run.name) == numbers(run)
+    here, local = tmp_path / "here", tmp_path / "local"
+    screen(*sweep_args(small_corpus, here, **SMALL), cwd=tmp_path, check=True)
+    screen(*sweep_args(small_corpus, local, **SMALL), "hydra/launcher=local", cwd=tmp_path, check=True)
+    assert decisions(local) == decisions(here) and len(decisions(here)["rungs"]) == 3
+    for run in here.glob("seed=*"):
+        assert numbers(local / run.name) == numbers(run)

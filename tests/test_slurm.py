@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, TINY, numbers
 from test_ddp import ddp_args, torchrun
-from test_halving import decisions, sweep_args
+from test_halving import SMALL, decisions, sweep_args
 
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 NOT_INSTALLABLE = 4  # the script's exit status when Slurm's packages cannot be installed
@@ -147,12 +147,12 @@ def test_a_halving_sweep_on_slurm_takes_the_decisions_of_one_run_here(slurm_env,
     here, slurm = tmp_path / "here", tmp_path / "slurm"
     launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
                 "hydra.launcher.mem_gb=1", "train.device=cpu"]
-    reference = subprocess.Popen([sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, here),
+    reference = subprocess.Popen([sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, here, **SMALL),
                                   "train.device=cpu"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
     try:
-        done = subprocess.run([sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, slurm), *launcher],
-                              cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
+        command = [sys.executable, "-m", "ngt.screen", *sweep_args(small_corpus, slurm, **SMALL), *launcher]
+        done = subprocess.run(command, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         assert reference.wait(timeout=600) == 0
     finally:
