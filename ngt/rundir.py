@@ -30,15 +30,17 @@ from ngt.records import Checkpoint, RunSummary, finite_or_none
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"  # held by the process training the run; the OS releases it when that process dies
+RECORD = ("config.yaml", "overrides.yaml")  # the .hydra/ files that say what a run is (report, continue=)
 OWNER = ".lock.owner"  # who holds it, for the message of a launch that finds it taken
 
 
 class RunBusy(NGTError):
-    """Another process is training this run directory (with ``config``, where it said)."""
+    """Another process is training this run directory (with ``config``, and its ``.hydra/``
+    ``record``, where it said)."""
 
-    def __init__(self, message: str, config: Optional[dict[str, Any]]):
+    def __init__(self, message: str, config: Optional[dict[str, Any]], record: dict[str, str]):
         super().__init__(message)
-        self.config = config
+        self.config, self.record = config, record
 
 
 @dataclass(frozen=True)
@@ -66,52 +68,41 @@ class RunDir:
         return self.path / "tb"
 
     @contextmanager
-    def lock(self, config: dict[str, Any]) -> Iterator[None]:
+    def lock(self, config: dict[str, Any], record: dict[str, str]) -> Iterator[None]:
         """Hold the run directory for this process while the block runs; raises RunBusy,
-        naming the holder and its config, where another process holds it. The holder's
-        ``.hydra/`` record is put back at the end if a launch that found the run busy
-        overwrote it (Hydra writes it before the run is reached)."""
+        naming the holder, its config and its ``.hydra/`` record, where another process
+        holds it. Hydra writes ``.hydra/`` before the run is reached, so a launch that finds
+        the run busy has replaced the holder's record, and puts it back (``put_back_record``)."""
         self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.path / LOCK, timeout=0)
         try:
             lock.acquire()
         except Timeout:
-            holder, its_config = self._owner()
-            raise RunBusy(f"{self.path} is being trained by {holder}", its_config) from None
-        record: dict[Path, bytes] = {}
+            holder, its_config, its_record = self._owner()
+            raise RunBusy(f"{self.path} is being trained by {holder}", its_config, its_record) from None
         try:
-            who = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-            text = json.dumps({"holder": who, "config": config})
+            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            who = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
+            text = json.dumps({"holder": who, "config": config, "record": record})
             atomic_write_bytes(self.path / OWNER, lambda f: f.write(text.encode()))
-            record = self._hydra_record()
             yield
         finally:
-            try:
-                self._restore_hydra_record(record)
-            except OSError:
-                pass  # a full disk: the run's own error says so; the record stays as the other launch left it
-            finally:
-                lock.release()
+            lock.release()
 
-    def _owner(self) -> tuple[str, Optional[dict[str, Any]]]:
+    def _owner(self) -> tuple[str, Optional[dict[str, Any]], dict[str, str]]:
         try:
             owner = json.loads((self.path / OWNER).read_text())
-            return str(owner["holder"]), owner.get("config")
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process", None
+            record = owner.get("record") or {}
+            return str(owner["holder"]), owner.get("config"), {k: str(v) for k, v in record.items() if k in RECORD}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "another process", None, {}
 
-    def _hydra_record(self) -> dict[Path, bytes]:
-        folder = self.path / ".hydra"
-        return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
-
-    def _restore_hydra_record(self, record: dict[Path, bytes]) -> None:
-        for path, data in record.items():
-            try:
-                if path.read_bytes() == data:
-                    continue
-            except OSError:
-                pass
-            atomic_write_bytes(path, lambda f, data=data: f.write(data))
+    def put_back_record(self, record: dict[str, str]) -> None:
+        """Write the holder's ``.hydra/`` files (as its launch made them) where another
+        launch's Hydra wrote its own."""
+        for name, text in record.items():
+            path = self.path / ".hydra" / name
+            atomic_write_bytes(path, lambda f, data=text.encode(): f.write(data))
 
     def remove_leftovers(self) -> None:
         """Temporary files of writes a kill interrupted (ngt.atomic): only their process

@@ -23,24 +23,25 @@ from ngt.trainer import RESUMABLE_KEYS, Trainer
 log = logging.getLogger("ngt.train")
 
 
-def train(cfg: Config, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
+def train(cfg: Config, run_dir: Path, job_num: int = 0, record: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Run (or continue) the run in ``run_dir``; returns its summary as a dict. A run that
     another process is training is skipped. A failure is recorded in the summary (while
-    the lock is held, so no other launch sees it half-written), then raised."""
+    the lock is held, so no other launch sees it half-written), then raised. ``record``:
+    this launch's ``.hydra/`` files (ngt.screen), put back by a launch that finds it busy."""
     rd, procs = RunDir(Path(run_dir)), Processes.from_env()
     procs.check_split(cfg.train)
     procs.join(pick_device(cfg.train.device, job_num, procs=procs), cfg.train.collective_timeout_s)
-    result = _lead(cfg, rd, job_num, procs) if procs.writes else _follow(cfg, rd, job_num, procs)
+    result = _lead(cfg, rd, job_num, procs, record or {}) if procs.writes else _follow(cfg, rd, job_num, procs)
     # Every process returns once rank 0 has written the run's end: what comes next (a
     # grid's next run, a halving rung's decision) reads it.
     procs.barrier()
     return result
 
 
-def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, Any]:
+def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes, record: dict[str, str]) -> dict[str, Any]:
     """Rank 0, or the only process: holds the lock, decides, trains, records a failure."""
     try:
-        with rd.lock(plain(cfg)):
+        with rd.lock(plain(cfg), record):
             try:
                 return _train_locked(cfg, rd, job_num, procs)
             except KeyboardInterrupt:  # Ctrl-C twice: stopped before the step's end, nothing saved
@@ -51,6 +52,7 @@ def _lead(cfg: Config, rd: RunDir, job_num: int, procs: Processes) -> dict[str, 
                 _record(rd, cfg, Status.failed, failure_message(e, rd))
                 raise
     except RunBusy as e:
+        rd.put_back_record(e.record)  # Hydra wrote this launch's over the holder's
         changed = differences(e.config, plain(cfg), NEUTRAL_KEYS) if e.config is not None else []
         if changed:  # this command's run would never be trained: not a skip
             raise NGTError(f"{e}, with another config ({'; '.join(changed[:3])}); "

@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if multirun:
         log.info("run %d of %s: %s", hc.job.num + 1, os.environ.get(GRID_SIZE, "?"), run_dir)
     try:
-        return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0)
+        return train(OmegaConf.to_object(cfg), run_dir, job_num=hc.job.num if multirun else 0,
+                     record=hydra_record(cfg, hc))
     except KeyboardInterrupt:
         log.error("stopped at once by Ctrl-C (during set-up, or a second one): %s resumes from its last periodic "
                   "checkpoint", run_dir)
@@ -51,6 +52,14 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if multirun and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return {"status": "failed", "message": message}
     sys.exit(status)
+
+
+def hydra_record(cfg: DictConfig, hc: Any) -> dict[str, str]:
+    """What Hydra wrote into the run's ``.hydra/`` for this launch, made again from the
+    launch's own config, so the run's holder can have it put back (ngt.rundir.RunDir.lock)."""
+    if hc.output_subdir is None:
+        return {}
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
 
 
 # A data-parallel run's ranks > 0 leave the run directory to rank 0: no .hydra/, no run.log,

@@ -71,11 +71,11 @@ def test_another_config_into_a_busy_run_is_an_error_and_its_record_stays(tmp_pat
         assert other.returncode == 2 and "of another config (train.lr: 0.001 -> 0.005)" in one_error_line(other)
         same = screen(*args, "train.log_every=7", cwd=tmp_path)  # a neutral key: the same run
         assert same.returncode == 0 and "(skipped)" in same.stdout + same.stderr
-        assert b"train.log_every=7" in (run / ".hydra" / "overrides.yaml").read_bytes()  # Hydra wrote first
+        assert (run / ".hydra" / "overrides.yaml").read_bytes() == own  # Hydra wrote the skipped one's
     finally:
+        first.send_signal(signal.SIGTERM)  # the holder stops (saved, interrupted) and lets the lock go
         first.wait(timeout=300)
-    assert first.returncode == 0
-    assert (run / ".hydra" / "overrides.yaml").read_bytes() == own
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_a_busy_run_of_another_config_is_not_a_skip(tmp_path, small_corpus):
@@ -87,10 +87,11 @@ def test_a_busy_run_of_another_config_is_not_a_skip(tmp_path, small_corpus):
     from ngt.runner import train
 
     args = [*ARGS, f"data.path={small_corpus}"]
-    with RunDir(tmp_path / "run").lock(plain(compose(*args))):
+    with RunDir(tmp_path / "run").lock(plain(compose(*args)), {"overrides.yaml": "- holder\n"}):
         assert train(compose(*args), tmp_path / "run")["status"] == "skipped"
         with pytest.raises(NGTError, match=r"is being trained by pid \d+ .*, with another config \(train.lr"):
             train(compose(*args, "train.lr=5e-3"), tmp_path / "run")
+        assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text() == "- holder\n"  # the holder's record
 
 
 def test_a_refused_continue_leaves_every_file_as_it_was(finished, tmp_path):

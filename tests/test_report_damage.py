@@ -62,10 +62,13 @@ def test_runs_without_a_readable_config_are_reported(finished, tmp_path):
     damaged = copy(finished, sweep / "both_damaged")
     (damaged / "summary.json").write_text('{"status": "compl')
     (damaged / ".hydra" / "config.yaml").write_text("- [unclosed\n")
+    partial = copy(finished, sweep / "partial_config")  # a summary whose config lost all but the variant
+    summary = json.loads((partial / "summary.json").read_text())
+    (partial / "summary.json").write_text(json.dumps({**summary, "config": {"variant": {"name": "ngt_default"}}}))
     written(report(sweep))
     got = rows(sweep)
     assert got["metrics_only"]["final_step"] == "40" and got["metrics_only"]["lr"] == ""
-    assert got["both_damaged"]["status"] == "unreadable"
+    assert got["both_damaged"]["status"] == "unreadable" and got["partial_config"]["status"] == "completed"
     assert "summary.json is damaged" in got["both_damaged"]["message"]
 
 

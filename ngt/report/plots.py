@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,8 @@ def diagnostics(a: Analysis) -> go.Figure:
     """One panel per diagnostic (rows) and layer (columns), one line per NGT run."""
     m, res = a.sweep.metrics, a.results
     ngt = res[res["arch"] == "ngt"]
-    layers = int(ngt["n_layers"].max())
+    # From the rows themselves: a run whose recorded config is damaged has no n_layers.
+    layers = 1 + max((int(g.group(1)) for col in m.columns if (g := re.match(r"ngt/L(\d+)/", col))), default=0)
     fig = make_subplots(rows=len(DIAGNOSTICS), cols=layers, shared_xaxes=True, vertical_spacing=0.04,
                         horizontal_spacing=0.02 if layers > 4 else 0.06,
                         column_titles=[f"layer {i}" for i in range(layers)],
