@@ -158,3 +158,15 @@ def test_a_report_bug_whose_traceback_cannot_be_saved_still_fails_the_command(tm
     assert ended.value.code == 1
     assert "RuntimeError: a bug in the report (its traceback could not be saved: No space left on device" \
         in caplog.text
+
+
+def test_one_setting_spelled_two_ways_is_one_group(finished, tmp_path):
+    """A grid records train.full_val=False where a single run's command said false: the
+    runs trained alike, so they are compared together, not split into two groups."""
+    sweep = tmp_path / "sweep"
+    for name, spelled in (("a", "False"), ("b", "false")):
+        run = copy(finished, sweep / name)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- train.full_val={spelled}\n- train.lr=1e-3\n")
+    written(report(sweep))
+    names = [r["name"] for r in rows(sweep).values()]
+    assert len(names) == 2 and not any("[" in n for n in names), names  # no group label: one group

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from ngt.config import is_neutral
 from ngt.errors import NGTError, os_error_line
@@ -96,10 +98,19 @@ def _hydra_record(path: Path) -> tuple[dict, list[str], Optional[str]]:
 
 
 def _override_items(overrides: list[str]) -> dict[str, str]:
-    """{'model.d_model': '32', ...}; '+key=v' adds a key, '~key' deletes one (kept as such)."""
-    items = {}
+    """{'model.d_model': '32', ...}; '+key=v' adds a key, '~key' deletes one (kept as such).
+    Values as Hydra reads them: a grid records ``False`` where a single run says ``false``,
+    ``1e-3`` and ``0.001`` are one rate, and runs are grouped by what they trained with."""
+    parser, items = OverridesParser.create(), {}
     for o in overrides:
         key, _, value = o.partition("=")
+        if key.startswith("~"):
+            items[key] = value
+            continue
+        try:
+            value = parser.parse_override(o).get_value_element_as_str()
+        except (HydraException, ValueError):  # a damaged record: the text as it stands
+            pass
         items[key.lstrip("+")] = value
     return items
 
