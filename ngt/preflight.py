@@ -17,6 +17,7 @@ from typing import Optional
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -128,13 +129,19 @@ def check_run_dir(job: Job, continuing: bool) -> None:
                        f"where {job.run_dir} stands")
 
 
+# What a launch writes in a run directory that exists: Hydra's record and log first, then
+# the trainer's files (TensorBoard's writer fails in a thread of its own, with a traceback).
+WRITTEN = (".hydra", "run.log", "checkpoints", "tb", "metrics.jsonl", "probes.jsonl", "summary.json")
+
+
 def _check_writable(run_dir: Path) -> None:
-    """Hydra opens run.log there before ngt has control, and a read-only directory would end
-    in its traceback: refused here in one line instead."""
+    """A directory or file the launch cannot write (read-only, immutable, another owner's)
+    would end in a traceback from Hydra or TensorBoard: refused here in one line instead."""
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
-        raise NGTError(f"{'Read-only file system' if read_only else 'Permission denied'}: {existing}")
+    for path in [existing, *(existing / name for name in WRITTEN if existing == run_dir)]:
+        if path.exists() and not os.access(path, os.W_OK):
+            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+            raise NGTError(f"{'Read-only file system' if read_only else 'Permission denied'}: {path}")
 
 
 def _check_rows_reach(rd: RunDir, summary: RunSummary, rows: list[dict]) -> None:
@@ -147,8 +154,23 @@ def _check_rows_reach(rd: RunDir, summary: RunSummary, rows: list[dict]) -> None
                        f"{summary.final_step}: its last rows are lost; force=true trains the run again")
 
 
+def check_grammar(overrides: list[str]) -> None:
+    """Hydra's parse errors do not say which override they are about ("mismatched input
+    '='"): each override is parsed alone, and the one that fails is named."""
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as e:
+            value = o.partition("=")[2]
+            hint = "; a value holding '=', ',' or spaces needs quotes: key='...'" \
+                if any(c in value for c in "=, ") and value[:1] not in "'\"" else ""
+            raise NGTError(f"cannot read the override {o!r}: {str(e).strip().splitlines()[-1]}{hint}") from None
+
+
 def preflight(overrides: list[str], multirun: bool, continuing: bool = False,
               config_name: str = "config") -> list[Job]:
+    check_grammar(overrides)
     jobs = plan(overrides, multirun, config_name)
     for job in jobs:
         check_run_dir(job, continuing)

@@ -229,6 +229,9 @@ def test_a_read_only_folder_is_one_line_naming_the_cause(small_disk, finished, t
     ("train.lr=inf", "train.lr=inf is out of range: greater than 0 and finite"),
     ("+train.lrr=0.1", "train.lrr is not a setting of ngt: did you mean train.lr?"),
     ("+foo=1", "foo is not a setting of ngt"),
+    ("hydra.run.dir=out/seed=1,variant=b", "cannot read the override 'hydra.run.dir=out/seed=1,variant=b': "
+                                           "mismatched input '=' expecting <EOF>; a value holding '=', ',' or "
+                                           "spaces needs quotes"),
     ("train.device=tpu", "train.device='tpu' is out of range: auto, cpu, cuda or cuda:N"),
     ("train.block_size=1000", "at most the model's context"), ("budget.max_steps=0", "budget.max_steps=0"),
     ("variant.radius=sharp", "Invalid value 'sharp', expected one of [hard, soft, none]"),
@@ -296,3 +299,17 @@ def test_an_unsafe_checkpoint_is_refused_for_safety_and_never_run(finished, tmp_
     proc = screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path)
     assert proc.returncode == 2 and why in one_error_line(proc)
     assert not marker.exists()
+
+
+def test_a_folder_of_the_run_it_cannot_write_is_one_line(finished, tmp_path):
+    """An immutable tb/ (root ignores permissions, not chattr +i): TensorBoard's writer
+    would fail in its own thread, with a traceback; the preflight names the folder."""
+    args, run = copy_run(finished, tmp_path)
+    if subprocess.run(["chattr", "+i", str(run / "tb")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        proc = screen(f"continue={run}", "budget.max_steps=15", cwd=tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(run / "tb")], check=True)
+    assert proc.returncode == 2 and one_error_line(proc) == f"error: Permission denied: {run / 'tb'}"
+    assert "Traceback" not in proc.stdout + proc.stderr
