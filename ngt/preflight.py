@@ -103,7 +103,9 @@ def is_swept(override: str) -> bool:
 def check_run_dir(job: Job, continuing: bool) -> None:
     """Refuse a job whose run directory holds a run of another config (the neutral keys
     aside; with ``continue=`` also the budget, which may grow but not shrink), damaged
-    records, or a checkpoint it could not go on from: all before Hydra writes there."""
+    records, or (``continue=``) a checkpoint it could not go on from: all before Hydra
+    writes there. A plain relaunch's checkpoint is checked once, under the lock: Hydra
+    then rewrites .hydra/ with the run's own command."""
     if job.run_dir is None:
         return
     _check_writable(job.run_dir)
@@ -116,7 +118,7 @@ def check_run_dir(job: Job, continuing: bool) -> None:
         return  # nothing trained there yet
     if summary.done_under(job.config.budget):
         _check_rows_reach(rd, summary, rows)  # a skip would keep them lost
-    else:
+    elif continuing:  # a refusal under the lock would come after Hydra wrote the new command into .hydra/
         rd.checkpoint_to_go_on(summary)  # missing, damaged or unsafe: refused now
     allowed = (*NEUTRAL_KEYS, "budget") if continuing else NEUTRAL_KEYS
     changed = differences(rd.recorded_config(summary), plain(job.config), allowed)

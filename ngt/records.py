@@ -204,7 +204,8 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> Checkpoint:
-        optional = {"schedule_changes", "resumes", "last_rep", "last_grad_norm", "data_fingerprint"}  # older checkpoints lack them
+        # Older checkpoints lack these.
+        optional = {"schedule_changes", "resumes", "last_rep", "last_grad_norm", "data_fingerprint"}
         missing = {f.name for f in fields(cls)} - optional - set(d)
         if missing:
             raise NGTError(f"{where} is not an ngt checkpoint (it has no {', '.join(sorted(missing))})")
